@@ -1,0 +1,1 @@
+"""The read side of the audit trail: views, workflow summaries, retention."""

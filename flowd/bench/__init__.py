@@ -1,0 +1,1 @@
+"""`flowd bench`: enqueue and process tasks with real worker processes, report the figures."""

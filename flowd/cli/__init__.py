@@ -1,0 +1,1 @@
+"""The `flowd` command: Typer commands, each a few lines over TaskManager."""

@@ -1,0 +1,1 @@
+"""The daemon: worker lifecycle, claim loop, runner, heartbeats, workflows, cron."""

@@ -1,0 +1,850 @@
+"""TaskManager: the public façade over the store, the engine and the audit views.
+
+The CLI is a thin layer over this class; so is a Python program that embeds flowd.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from flowd.audit import retention as retention_mod
+from flowd.audit import views
+from flowd.clock import after, iso, utcnow
+from flowd.engine import flows, ops
+from flowd.errors import BadInput, DatabaseUnavailable, FlowdError, NotFound
+from flowd.model import EventType, HandlerRecord, NewTask, Page, TaskId, TaskRecord, TaskType
+from flowd.plugins import HandlerSpec, PluginError, PluginLoader, Registry, load_dir, make_spec
+from flowd.registry import catalog
+from flowd.rules import constraints as cons
+from flowd.rules import cron as cron_rules
+from flowd.rules import flows as flow_rules
+from flowd.rules import options as opt
+from flowd.rules.shapes import flow_json
+from flowd.settings import Settings, load_settings, task_defaults
+from flowd.store import constraints as constraint_store
+from flowd.store import entities as entity_store
+from flowd.store import events as event_store
+from flowd.store import tasks as task_store
+from flowd.store import workers as worker_store
+from flowd.store.attempts import AttemptFilter
+from flowd.store.db import Database
+from flowd.store.events import EventFilter
+from flowd.store.tasks import TaskFilter
+
+if TYPE_CHECKING:
+    # the worker (threads, asyncio, sockets) loads only when a worker runs: `flowd submit` stays quick
+    from flowd.engine.worker import Worker
+
+# progress(done, total or None): how far a long operation got (the CLI draws a bar)
+Progress = Callable[[int, int | None], None]
+
+SUBMIT_OPTIONS = {
+    "delay",
+    "debounce",
+    "entity",
+    "priority",
+    "tag",
+    "timeout",
+    "max_retries",
+    "retry_interval",
+    "labels",
+    "key",
+    "tz",
+    # accept a name that neither this process's plugin directory nor any live worker knows
+    "allow_unknown",
+}
+
+
+def _bad(e: Exception) -> BadInput:
+    return BadInput(str(e))
+
+
+class TaskManager:
+    """Submit, schedule, control and inspect tasks; run a worker in-process with start()."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        config: str | None = None,
+        clock: Callable[[], datetime] | None = None,
+        **overrides: Any,
+    ) -> None:
+        """Settings come from `settings`, or are loaded (`config` file, env) with `overrides` on top.
+
+        `clock` replaces the wall clock (tests drive time with it).
+        """
+        self.settings = settings or load_settings(config, **overrides)
+        self._db: Database | None = None
+        self._registry: Registry | None = None
+        self._loader: PluginLoader | None = None
+        self._watching: threading.Event | None = None
+        self._code_handlers: dict[str, HandlerSpec] = {}
+        self._removed: set[str] = set()
+        self._worker: Worker | None = None
+        self._thread: threading.Thread | None = None
+        self._clock: Callable[[], datetime] = clock or utcnow
+
+    # -- wiring ----------------------------------------------------------------------
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            self._db = Database(
+                self.settings.db_url,
+                pool_size=min(max(self.settings.max_concurrent_tasks + 2, 5), 50),
+                sqlite_synchronous=self.settings.sqlite_synchronous,
+            )
+        return self._db
+
+    def registry(self, *, require_dir: bool = False) -> Registry:
+        """Handlers from the plugin directory plus those registered with `use()`."""
+        if self._registry is None:
+            d = Path(self.settings.handlers_dir)
+            if d.is_dir():
+                self._loader = PluginLoader(d)
+                base, _changes = self._loader.load()
+            elif require_dir:
+                raise BadInput(
+                    f"handlers directory {d} does not exist: create it, or pass --handlers / FLOWD_HANDLERS_DIR"
+                )
+            else:
+                base = Registry()
+            self._registry = base
+        reg = self._registry.with_handlers(self._code_handlers.values()).without(self._removed)
+        return reg
+
+    def handler_steps(self, name: str) -> dict[str, float] | None:
+        """The steps a handler declares (for display), if this process knows the handler."""
+        try:
+            spec = self.registry().get(name)
+        except PluginError:
+            return None
+        return spec.steps if spec is not None else None
+
+    def reload_plugins(self) -> list[str]:
+        """Rescan the plugin directory and swap the worker's handlers; returns what changed.
+
+        New claims use the new handlers at once; attempts already running keep theirs.
+        """
+        if self._loader is None:
+            return []
+        log = structlog.stdlib.get_logger("flowd.plugins")
+        try:
+            base, changes = self._loader.load()
+        except PluginError as e:
+            log.error("plugins_reload_failed", error=str(e))
+            return []
+        for path, err in self._loader.new_errors.items():
+            log.error("plugin_load_failed", file=path, error=err)
+        if changes:
+            # one assignment: claims read either the old registry or the new one, never a mix
+            self._registry = base
+            log.info("plugins_reloaded", changes=changes, handlers=base.names())
+            self._refresh_worker()
+        return changes
+
+    def _watch_plugins(self) -> threading.Event | None:
+        """Start hot reload when it is on and there is a plugin directory; returns its stop flag."""
+        if not self.settings.reload or self._loader is None:
+            return None
+        from flowd.plugins import watch
+
+        stop = threading.Event()
+        watch(self._loader.directory, self.reload_plugins, stop)
+        return stop
+
+    def close(self) -> None:
+        """Stop the background worker (or close one made with make_worker) and the database."""
+        self.stop()
+        if self._worker is not None and self._worker.started and not self._worker.closed:
+            self._worker.close()
+        if self._db is not None:
+            self._db.dispose()
+
+    # -- handlers --------------------------------------------------------------------
+    def use(self, name: str | Mapping[str, Any], fn: Callable[..., Any] | Mapping[str, Any] | None = None) -> None:
+        """Register handlers in code: `use(name, fn)`, `use(name, {"handler", "options"})`, `use({...})`."""
+        if isinstance(name, Mapping):
+            for n, f in name.items():
+                self.use(n, f)
+            return
+        if isinstance(fn, Mapping):
+            spec = make_spec(name, fn["handler"], fn.get("options"))
+        elif fn is not None:
+            spec = make_spec(name, fn)
+        else:
+            raise BadInput(f"use({name!r}) needs a handler function")
+        self._code_handlers[name] = spec
+        self._removed.discard(name)
+        self._refresh_worker()
+
+    def unuse(self, names: str | Sequence[str]) -> None:
+        for n in [names] if isinstance(names, str) else names:
+            self._code_handlers.pop(n, None)
+            self._removed.add(n)
+        self._refresh_worker()
+
+    def _refresh_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.registry = self.registry()
+            self._worker.wake()  # claim (and publish) with the new handlers now
+
+    # -- submitting ------------------------------------------------------------------
+    def _handler_defaults(
+        self, name: str, allow_unknown: bool, fleet: dict[str, list[HandlerRecord]]
+    ) -> dict[str, Any]:
+        """The handler's task options: from the local plugin directory, else from what live
+        workers publish (the newest publication wins); an unknown name is refused unless
+        `allow_unknown` (then the settings apply)."""
+        reg = self.registry()
+        spec = reg.get(name)
+        if spec is not None:
+            return dict(spec.options)
+        if name not in fleet:
+            fleet[name] = self.fleet_handlers(name)
+        served = fleet[name]
+        if served:
+            newest = max(served, key=lambda h: h.published_at)
+            return {k: v for k, v in newest.options.items() if k in (*opt.OPTION_KEYS, "constraints")}
+        if allow_unknown:
+            return {}
+        known = ", ".join(sorted(set(reg.names()) | {h.name for h in self.fleet_handlers()})) or "none"
+        raise opt.InvalidInput(
+            f"no handler named {name!r}: no live worker serves it and {self.settings.handlers_dir} declares none "
+            f"(known: {known}); start a worker that has it, or pass --allow-unknown to queue it anyway"
+        )
+
+    def fleet_handlers(self, name: str | None = None) -> list[HandlerRecord]:
+        """The handlers live workers publish (all, or those of one name), by name then worker."""
+        return catalog.live(self.db, self._clock(), name)
+
+    def _new_task(
+        self,
+        name: str,
+        payload: Any,
+        options: Mapping[str, Any],
+        now: datetime,
+        fleet: dict[str, list[HandlerRecord]] | None = None,
+    ) -> NewTask:
+        fleet = {} if fleet is None else fleet
+        unknown = set(options) - SUBMIT_OPTIONS
+        if unknown:
+            raise BadInput(f"unknown option(s) {sorted(unknown)}")
+        try:
+            opt.check_name(name)
+            payload = opt.check_payload(payload)
+            own = opt.check_options({k: options.get(k) for k in opt.OPTION_KEYS})
+            defaults = self._handler_defaults(name, bool(options.get("allow_unknown")), fleet)
+            resolved = opt.resolve(own, defaults, task_defaults(self.settings))
+            delay = opt.check_delay(options.get("delay"))
+            labels = opt.check_labels(options.get("labels"))
+            tag = options.get("tag")
+            key = options.get("key")
+            keys = cons.task_keys(name, payload, labels, self.settings.constraints, defaults)
+            entity = flow_rules.check_entity(options.get("entity"))
+        except (opt.InvalidInput, PluginError) as e:
+            raise _bad(e) from e
+        return NewTask(
+            name=name,
+            payload=payload,
+            priority=resolved.priority,
+            tag=tag,
+            labels=labels,
+            key=key,
+            max_retries=resolved.max_retries,
+            retry_interval=resolved.retry_interval,
+            timeout=resolved.timeout,
+            next_run_time=after(now, delay),
+            constraints=keys,
+            entity=entity,
+        )
+
+    def submit(self, name: str, payload: Mapping[str, Any] | None = None, **options: Any) -> TaskId:
+        """Enqueue an async task; returns its id (the existing one for a repeated `key`).
+
+        `debounce=S` (with `key`): the run starts S seconds after the last submission of the
+        burst; a submission while the key's task is still pending replaces its payload and
+        pushes its start instead of adding a task.
+        """
+        now = self._clock()
+        options = dict(options)
+        debounce = options.pop("debounce", None)
+        if debounce is not None:
+            if not options.get("key"):
+                raise BadInput("--debounce needs --key: the key names the task a burst of submissions replaces")
+            if options.get("delay"):
+                raise BadInput("--debounce sets the start itself: drop --delay")
+            try:
+                options["delay"] = opt.check_delay(debounce)
+            except opt.InvalidInput as e:
+                raise BadInput(str(e).replace("delay", "debounce")) from e
+        new = self._new_task(name, payload if payload is not None else {}, options, now)
+        with self.db.write() as conn:
+            if new.key and debounce is not None:
+                pending = task_store.find_pending_by_key(conn, new.key)
+                if pending is not None and task_store.debounce(conn, pending, new, now):
+                    return pending.id
+            elif new.key:
+                existing = task_store.find_active_by_key(conn, new.key, TaskType.ASYNC)
+                if existing is not None:
+                    return existing.id
+            (tid,) = task_store.insert_tasks(conn, [new], now)
+        self._wake()
+        return tid
+
+    def submit_many(self, items: Sequence[tuple[str, Mapping[str, Any]]], **options: Any) -> list[TaskId]:
+        """Bulk enqueue (one transaction): `items` are (name, payload) pairs sharing `options`."""
+        now = self._clock()
+        fleet: dict[str, list[HandlerRecord]] = {}  # one look-up per name, not per item
+        # the options resolve the same for every item of a name: only the payloads differ
+        templates: dict[str, tuple[NewTask, list[cons.Constraint]]] = {}
+        news: list[NewTask] = []
+        for name, payload in items:
+            if name not in templates:
+                tpl = self._new_task(name, {}, options, now, fleet)
+                handler_options = self._handler_defaults(name, bool(options.get("allow_unknown")), fleet)
+                try:
+                    groups = cons.groups_for(name, self.settings.constraints, handler_options.get("constraints") or ())
+                except opt.InvalidInput as e:
+                    raise _bad(e) from e
+                templates[name] = (tpl, groups)
+            tpl, groups = templates[name]
+            try:
+                p = opt.check_payload(payload)
+            except opt.InvalidInput as e:
+                raise _bad(e) from e
+            # constraint keys render from each item's own payload
+            keys = tuple(cons.keys_for(name, p, tpl.labels, groups)) if groups else ()
+            news.append(replace(tpl, payload=p, constraints=keys))
+        with self.db.write() as conn:
+            ids = task_store.insert_tasks(conn, news, now)
+        self._wake()
+        return ids
+
+    def cron(self, name: str, expr: str, payload: Mapping[str, Any] | None = None, **options: Any) -> TaskId:
+        """Schedule a recurring task; with `key`, create or update the one schedule of that key."""
+        now = self._clock()
+        options = dict(options)
+        tz = options.pop("tz", None) or self.settings.timezone or cron_rules.local_zone_name()
+        if options.get("delay"):
+            raise BadInput("--delay does not apply to cron tasks: the expression decides when they run")
+        try:
+            norm = cron_rules.validate(expr)
+            cron_rules.zone(tz)
+            first = cron_rules.next_fire(norm, tz, now)
+        except cron_rules.CronError as e:
+            raise _bad(e) from e
+        base = self._new_task(name, payload if payload is not None else {}, options, now)
+        new = replace(base, type=TaskType.CRON, cron_expr=norm, cron_tz=tz, next_run_time=first)
+        with self.db.write() as conn:
+            if new.key:
+                existing = task_store.find_active_by_key(conn, new.key, TaskType.CRON)
+                if existing is not None:
+                    task_store.update_fields(
+                        conn,
+                        existing.id,
+                        {
+                            "name": new.name,
+                            "payload": new.payload,
+                            "cron_expr": norm,
+                            "cron_tz": tz,
+                            "priority": new.priority,
+                            "tag": new.tag,
+                            "labels": dict(new.labels) or None,
+                            "max_retries": new.max_retries,
+                            "retry_interval": new.retry_interval,
+                            "timeout": new.timeout,
+                            "next_run_time": first,
+                        },
+                        now,
+                    )
+                    return existing.id
+            (tid,) = task_store.insert_tasks(conn, [new], now)
+        self._wake()
+        return tid
+
+    # -- flows ---------------------------------------------------------------------
+    def start_flow(
+        self,
+        steps: Sequence[Mapping[str, Any]],
+        join: Mapping[str, Any],
+        *,
+        failure_policy: str = "continue",
+        timeout: float | None = None,
+        entity: tuple[str, str] | str | None = None,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> int:
+        """Start a fan-out/fan-in flow (steps in parallel, then one join task); returns the flow id."""
+        return self._start_flow(
+            flow_rules.FLOW,
+            steps,
+            join,
+            failure_policy=failure_policy,
+            timeout=timeout,
+            entity=entity,
+            name=name,
+            labels=labels,
+        )
+
+    def start_chain(
+        self,
+        steps: Sequence[Mapping[str, Any]],
+        *,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        entity: tuple[str, str] | str | None = None,
+    ) -> int:
+        """Start a chain: steps one after another, each given `payload["previous_result"]`."""
+        return self._start_flow(flow_rules.CHAIN, steps, None, name=name, labels=labels, entity=entity)
+
+    def _start_flow(self, kind: str, steps: Any, join: Any, labels: Mapping[str, str] | None, **kw: Any) -> int:
+        now = self._clock()
+        try:
+            fleet: dict[str, list[HandlerRecord]] = {}
+            resolver = flows.Resolver(
+                lambda name: self._handler_defaults(name, False, fleet),
+                task_defaults(self.settings),
+                self.settings.constraints,
+            )
+            inherit = flows.Inherit.of(None, opt.check_labels(labels))
+            plan = flows.plan(resolver, kind, steps, join, inherit=inherit, **kw)
+        except (opt.InvalidInput, PluginError) as e:
+            raise _bad(e) from e
+        with self.db.write() as conn:
+            flow_id = flows.start(conn, plan, now)
+        self._wake()
+        return flow_id
+
+    def constraints(self) -> dict[str, Any]:
+        """`flowd constraints`: the groups (config and local handlers) and each key in use."""
+        groups = []
+        for name, d in sorted(self.settings.constraints.items()):
+            try:
+                c = cons.from_mapping(name, d)
+            except opt.InvalidInput as e:
+                raise BadInput(f"config constraint {name!r}: {e}") from e
+            groups.append({**c.as_dict(), "source": "config"})
+        by_group: dict[str, dict[str, Any]] = {}
+        for spec in self.registry().handlers.values():
+            for d in spec.options.get("constraints") or ():
+                g = by_group.setdefault(d["name"], {**d, "applies_to": [], "source": "handler"})
+                g["applies_to"].append(spec.name)
+        groups += [by_group[n] for n in sorted(by_group) if n not in self.settings.constraints]
+        with self.db.read() as conn:
+            keys = constraint_store.in_use(conn, self._clock())
+        return {"groups": groups, "keys": keys}
+
+    def entity(self, entity_type: str, entity_id: str, limit: int = 100) -> dict[str, Any]:
+        """What is happening to one domain object: its tasks' projected states, newest first."""
+        self.check_page(limit, 0)
+        with self.db.read() as conn:
+            rows = entity_store.of_entity(conn, entity_type, entity_id, limit)
+        tasks = [
+            {
+                "task_id": r["task_id"],
+                "name": r["name"],
+                "status": r["status"],
+                "result": r["result"],
+                "error": r["error"],
+                "created_at": iso(r["created_at"]),
+                "updated_at": iso(r["updated_at"]),
+                "started_at": iso(r["started_at"]),
+                "ended_at": iso(r["ended_at"]),
+            }
+            for r in rows
+        ]
+        return {"entity": {"type": entity_type, "id": entity_id}, "tasks": tasks}
+
+    def get_flow(self, flow_id: int) -> dict[str, Any]:
+        """A flow as JSON: its status and policy outcome, every step, and the join task."""
+        found = flows.show(self.db, flow_id)
+        if found is None:
+            raise NotFound(f"flow {flow_id} not found")
+        return flow_json(*found)
+
+    def _wake(self) -> None:
+        if self._worker is not None:
+            self._worker.wake()
+
+    # -- control ---------------------------------------------------------------------
+    def pause_task(self, task_id: int, reason: str | None = None) -> TaskRecord:
+        return ops.pause_task(self.db, task_id, self._clock(), reason)
+
+    def resume_task(self, task_id: int, reason: str | None = None) -> TaskRecord:
+        t = ops.resume_task(self.db, task_id, self._clock(), reason)
+        self._wake()
+        return t
+
+    def cancel_task(self, task_id: int, reason: str | None = None) -> TaskRecord:
+        return ops.cancel_task(self.db, task_id, self._clock(), reason)
+
+    # -- reading ---------------------------------------------------------------------
+    def get_task(self, task_id: int) -> TaskRecord:
+        with self.db.read() as conn:
+            t = task_store.get(conn, task_id)
+        if t is None:
+            raise NotFound(f"task {task_id} not found: check the id with `flowd list`")
+        return t
+
+    @staticmethod
+    def check_page(limit: int, offset: int, order: str = "asc") -> None:
+        """Refuse a bad page request (BadInput): limit >= 1, offset >= 0, order asc|desc."""
+        if limit < 1:
+            raise BadInput(f"limit must be positive, not {limit}")
+        if offset < 0:
+            raise BadInput(f"offset must be >= 0, not {offset}")
+        if order not in ("asc", "desc"):
+            raise BadInput(f"order must be asc or desc, not {order!r}")
+
+    @staticmethod
+    def task_filter(**filters: Any) -> TaskFilter:
+        status = filters.get("status")
+        if isinstance(status, str):
+            status = [status]
+        valid = {"pending", "running", "completed", "failed", "timeout", "permanently_failed", "paused", "suspended"}
+        for s in status or []:
+            if s not in valid:
+                raise BadInput(f"unknown status {s!r}: use one of {', '.join(sorted(valid))}")
+        typ = filters.get("type")
+        if typ is not None and typ not in ("async", "cron"):
+            raise BadInput(f"unknown type {typ!r}: use async or cron")
+        return TaskFilter(
+            status=status or None,
+            name=filters.get("name"),
+            type=typ,
+            tag=filters.get("tag"),
+            labels=opt.check_labels(filters.get("labels")) or None,
+            parent_id=filters.get("parent_id"),
+            root_id=filters.get("root_id"),
+            worker_id=filters.get("worker_id"),
+        )
+
+    def query_tasks(self, limit: int = 100, offset: int = 0, order: str = "desc", **filters: Any) -> Page:
+        """Tasks matching the filters of `flowd list`, one page (newest first by default)."""
+        self.check_page(limit, offset, order)
+        f = self.task_filter(**filters)
+        with self.db.read() as conn:
+            return task_store.query(conn, f, limit, offset, order)
+
+    def task_audit(
+        self,
+        task_id: int,
+        *,
+        event_types: Sequence[str] | None = None,
+        attempt: int | None = None,
+        stage: int | None = None,
+        worker_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+        order: str = "asc",
+    ) -> dict[str, Any]:
+        """`{"task", "events": Page, "attempts": Page}`; the filters narrow the events.
+
+        `attempt` and `worker_id` narrow the attempts too; `limit`/`offset` page the events
+        (the attempts page shares `limit`, from the first).
+        """
+        self.check_page(limit, offset, order)
+        unknown = sorted(set(event_types or ()) - {e.value for e in EventType})
+        if unknown:
+            raise BadInput(f"unknown event type(s) {unknown}: use e.g. task_failed, task_checkpoint, task_progress")
+        if attempt is not None and attempt < 1:
+            raise BadInput(f"attempt numbers start at 1, not {attempt}")
+        if stage is not None and stage < 0:
+            raise BadInput(f"stage must be >= 0, not {stage}")
+        if since is not None and until is not None and since > until:
+            raise BadInput("--since is after --until: nothing can match")
+        ef = EventFilter(
+            event_types=list(event_types) if event_types else None,
+            attempt=attempt,
+            stage=stage,
+            worker_id=worker_id,
+            since=since,
+            until=until,
+        )
+        af = AttemptFilter(worker_id=worker_id, attempt=attempt)
+        return views.task_audit(self.db, task_id, ef, af, limit, offset, order)
+
+    def events(
+        self,
+        *,
+        after_id: int | None = None,
+        task_id: int | None = None,
+        root_id: int | None = None,
+        name: str | None = None,
+        limit: int = 100,
+    ) -> list[Any]:
+        """Events after `after_id` in id order (or the newest `limit` when it is None)."""
+        self.check_page(limit, 0)
+        f = EventFilter(task_id=task_id, root_id=root_id, task_name=name, after_id=after_id)
+        with self.db.read() as conn:
+            if after_id is None:
+                page = event_store.query(conn, f, limit, 0, "desc")
+                return list(reversed(page.items))
+            return list(event_store.query(conn, f, limit, 0, "asc").items)
+
+    def workflow_audit(self, task_id: int, limit: int = 10000, offset: int = 0) -> dict[str, Any]:
+        self.check_page(limit, offset)
+        return views.workflow_audit(self.db, task_id, limit, offset)
+
+    def workflow_tree(self, task_id: int) -> Any:
+        return views.workflow_tree(self.db, task_id)
+
+    def workflow_summary(self, task_id: int) -> dict[str, Any]:
+        return views.workflow_summary(self.db, task_id, self._clock())
+
+    def stats(self, tag: str | None = None, by_label: str | None = None) -> list[dict[str, Any]]:
+        """Counts by tag, name and status; with `by_label`, by that label's value, name and status."""
+        if by_label is None:
+            with self.db.read() as conn:
+                rows = task_store.stats(conn, tag)
+            return [{"tag": t, "name": n, "status": s, "count": c} for t, n, s, c in rows]
+        if not by_label.strip():
+            raise BadInput("--by-label needs a label key, e.g. --by-label tenant")
+        with self.db.read() as conn:
+            grouped = task_store.stats_by_labels(conn, tag)
+        counts: dict[tuple[str | None, str, str], int] = {}
+        for labels, name, status, n in grouped:
+            k = (labels.get(by_label), name, status)
+            counts[k] = counts.get(k, 0) + n
+        # tasks without the label come last, under value null
+        order = sorted(counts, key=lambda k: (k[0] is None, k[0] or "", k[1], k[2]))
+        return [
+            {"label": by_label, "value": v, "name": n, "status": s, "count": counts[(v, n, s)]} for v, n, s in order
+        ]
+
+    def dashboard(self, *, window: float = 60.0, bucket: float = 5.0) -> dict[str, Any]:
+        """Everything `flowd top` shows, as one plain dict (one consistent read)."""
+        from flowd.audit import dashboard
+
+        if window <= 0 or bucket <= 0 or bucket > window:
+            raise BadInput("the dashboard needs 0 < bucket <= window (seconds)")
+        return dashboard.snapshot(self.db, self._clock(), window=window, bucket=bucket)
+
+    def workers(self, status: str | None = None, limit: int = 100, offset: int = 0) -> Page:
+        self.check_page(limit, offset)
+        with self.db.read() as conn:
+            running = task_store.running_counts(conn)
+            return worker_store.query(conn, running, status, limit, offset)
+
+    # -- deleting --------------------------------------------------------------------
+    def delete_tasks(self, progress: Progress | None = None, **filters: Any) -> int:
+        """Delete matching tasks with their events and attempts (one transaction); returns the count.
+
+        `progress(done, total)` is told how far the deletion got, chunk by chunk.
+        """
+        everything = bool(filters.pop("all", False))
+        f = self.task_filter(**filters)
+        if not everything and f == TaskFilter():
+            raise BadInput("delete needs a filter (e.g. --status completed), or --all to delete every task")
+        with self.db.write() as conn:
+            ids = task_store.matching_ids(conn, f)
+            total = len(ids)
+            if progress is not None:
+                progress(0, total)
+            n, _e, _a = task_store.delete(conn, ids, (lambda done: progress(done, total)) if progress else None)
+        return n
+
+    def run_retention(
+        self, policy: retention_mod.Policy | Mapping[str, Any] | None = None, progress: Progress | None = None
+    ) -> dict[str, int]:
+        """Delete expired terminal tasks now; `progress(deleted, None)` after each batch."""
+        if policy is None:
+            policy = retention_mod.Policy(self.settings.retention_expire_time, tuple(self.settings.retention_statuses))
+        elif isinstance(policy, Mapping):
+            statuses = tuple(policy.get("statuses") or self.settings.retention_statuses)
+            bad = [s for s in statuses if s not in retention_mod.DELETABLE]
+            if bad:
+                raise BadInput(f"retention deletes only {', '.join(retention_mod.DELETABLE)}; not {bad}")
+            expire = float(policy.get("expire_time", self.settings.retention_expire_time))
+            if expire < 0:
+                raise BadInput("expire time must be >= 0 seconds")
+            policy = retention_mod.Policy(expire, statuses)
+        on_batch = (lambda done: progress(done, None)) if progress else None
+        return retention_mod.run(self.db, policy, self._clock(), on_batch=on_batch).as_dict()
+
+    def db_upgrade(self) -> str:
+        self.db.create_schema()
+        return self.db.display_url
+
+    def db_current(self) -> dict[str, Any]:
+        """The database's schema revision and this code's head; reads only (creates nothing)."""
+        current, head = self.db.schema_version()
+        return {"url": self.db.display_url, "current": current, "head": head, "up_to_date": current == head}
+
+    def _doctor_checks(self, config: str | None) -> list[dict[str, Any]]:
+        from flowd.settings import config_path
+
+        source = config_path(config)
+        checks = [_check("settings", "pass", f"loaded ({'file ' + str(source) if source else 'no settings file'})")]
+        handlers = _doctor_handlers(Path(self.settings.handlers_dir))
+        try:
+            db = self.db
+            if db.sqlite_file is not None and not Path(db.sqlite_file).exists():
+                # connecting would create an empty file: report it missing instead
+                raise DatabaseUnavailable(f"no SQLite file at {db.sqlite_file}: run `flowd db upgrade`")
+            version, server, local = db.server_info(self._clock)
+            current, head = db.schema_version()
+        except FlowdError as e:
+            skipped = [_check(n, "skip", "database not reachable") for n in ("schema", "clock")]
+            return [*checks, _check("database", "fail", str(e)), skipped[0], handlers, skipped[1]]
+        known = db.is_known_revision(current) if current else False
+        return [
+            *checks,
+            _check("database", "pass", f"{db.display_url} reachable ({db.dialect} {version})"),
+            _doctor_schema(current, head, known),
+            handlers,
+            _doctor_clock(server, local, db.dialect),
+        ]
+
+    # -- the in-process worker -------------------------------------------------------
+    def make_worker(self, *, require_dir: bool = False) -> Worker:
+        from flowd.engine.worker import Worker
+
+        reg = self.registry(require_dir=require_dir)
+        self._worker = Worker(self.settings, self.db, reg, clock=self._clock)
+        return self._worker
+
+    def start(self) -> None:
+        """Run a worker on a background thread of this process."""
+        if self._thread is not None:
+            return
+        worker = self.make_worker()
+        self._stop_event = threading.Event()
+        self._watching = self._watch_plugins()
+        worker.start()
+        self._thread = threading.Thread(
+            target=worker.run_forever, args=(self._stop_event,), name="flowd-worker", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the background worker gracefully (running attempts drain)."""
+        if self._thread is None or self._worker is None:
+            return
+        self._worker.request_stop()
+        if self._watching is not None:
+            self._watching.set()
+        self._thread.join(timeout if timeout is not None else self.settings.shutdown_grace + 5)
+        self._thread = None
+        self._worker = None
+
+    def pause(self) -> None:
+        """Stop claiming (running attempts go on)."""
+        if self._worker is not None:
+            self._worker.pause()
+
+    def resume(self) -> None:
+        if self._worker is not None:
+            self._worker.resume()
+
+    def run_worker(self, *, install_signals: bool = True) -> dict[str, int]:
+        """Run a worker in the foreground until SIGTERM/SIGINT; the first signal drains.
+
+        A second signal exits at once; what was running is then recovered like a crash.
+        """
+        import os
+        import signal
+
+        worker = self.make_worker(require_dir=True)
+        reg = worker.registry
+        if reg.errors:
+            import structlog
+
+            for path, err in reg.errors.items():
+                structlog.stdlib.get_logger("flowd.plugins").error("plugin_load_failed", file=path, error=err)
+        if install_signals:
+
+            def on_signal(signum: int, _frame: Any) -> None:
+                if worker.stopping:
+                    os._exit(1)
+                worker.request_stop()
+
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+        server = None
+        if self.settings.metrics_port is not None:
+            # imported only when asked for: prometheus_client stays off a plain worker's start-up
+            from flowd.engine import metrics
+
+            server = metrics.serve(worker, self.settings.metrics_host, self.settings.metrics_port)
+        watching = self._watch_plugins()
+        try:
+            worker.run_forever()
+        finally:
+            if watching is not None:
+                watching.set()
+            if server is not None:
+                server.close()
+        return worker.summary()
+
+
+# Above this, `flowd doctor` fails the clock check. Leases are generous (30 s by default),
+# but skew across hosts adds up: each host is compared with the database, the one shared clock.
+MAX_CLOCK_SKEW = 2.0
+
+
+def _check(name: str, status: str, detail: str, errors: Sequence[str] = ()) -> dict[str, Any]:
+    return {"name": name, "status": status, "detail": detail, "errors": list(errors)}
+
+
+def doctor(config: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """`flowd doctor`: settings, database, schema, handlers and clock checks; writes nothing."""
+    checks: list[dict[str, Any]] = []
+    names = ("database", "schema", "handlers", "clock")
+    try:
+        m = TaskManager(config=config, **overrides)
+    except FlowdError as e:
+        checks.append(_check("settings", "fail", str(e)))
+        checks += [_check(n, "skip", "settings did not load") for n in names]
+        return {"ok": False, "checks": checks}
+    try:
+        checks += m._doctor_checks(config)
+    finally:
+        m.close()
+    return {"ok": all(c["status"] != "fail" for c in checks), "checks": checks}
+
+
+def _doctor_schema(current: str | None, head: str, known: bool) -> dict[str, Any]:
+    if current == head:
+        return _check("schema", "pass", f"at revision {head} (current)")
+    if current is None:
+        return _check("schema", "fail", f"no flowd schema (this flowd expects {head}): run `flowd db upgrade`")
+    if known:
+        return _check("schema", "fail", f"at revision {current}, this flowd expects {head}: run `flowd db upgrade`")
+    return _check(
+        "schema", "fail", f"at revision {current}, unknown to this flowd (head {head}): a newer flowd migrated it"
+    )
+
+
+def _doctor_handlers(directory: Path) -> dict[str, Any]:
+    if not directory.is_dir():
+        return _check("handlers", "fail", f"{directory} is not a directory: create it or set FLOWD_HANDLERS_DIR")
+    reg = load_dir(directory)
+    if reg.errors:
+        # each error already reads "file:line: Type: message"
+        return _check(
+            "handlers", "fail", f"{len(reg.errors)} file(s) in {directory} failed to import", list(reg.errors.values())
+        )
+    listed = ", ".join(reg.names()) or "none found"
+    return _check("handlers", "pass", f"{len(reg.handlers)} handler(s) in {directory}: {listed}")
+
+
+def _doctor_clock(server: datetime | None, local: datetime, dialect: str) -> dict[str, Any]:
+    if server is None:
+        return _check("clock", "skip", f"{dialect} uses this host's clock: nothing to compare")
+    skew = (server - local).total_seconds()
+    ahead = "ahead of" if skew >= 0 else "behind"
+    detail = f"the database clock is {abs(skew):.3f}s {ahead} this host (limit {MAX_CLOCK_SKEW:g}s)"
+    if abs(skew) > MAX_CLOCK_SKEW:
+        return _check("clock", "fail", detail + ": synchronise both with NTP (e.g. systemd-timesyncd)")
+    return _check("clock", "pass", detail)

@@ -1,0 +1,1 @@
+"""Worker registry: leases, supersede on restart, reaping of expired workers, recovery."""

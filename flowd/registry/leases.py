@@ -1,0 +1,134 @@
+"""Worker leases and the immediate recovery of a dead or superseded worker's tasks.
+
+A worker with a pod id registers `active` with a lease. Starting a worker supersedes
+every other active worker of its pod (a restart), and any worker reaps expired leases of
+every pod. The running tasks of superseded and dead workers go back to `pending` at once
+(attempt `interrupted`, event `task_recovered`), fenced by the old owner and attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from flowd.clock import after
+from flowd.model import TaskId, TaskRecord, WorkerStatus
+from flowd.rules import transitions as rules
+from flowd.store import tasks as task_store
+from flowd.store import workers as store
+from flowd.store.db import Database
+from flowd.store.tasks import Fence
+
+log = structlog.stdlib.get_logger("flowd.registry")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    worker_id: str
+    pod_id: str
+    host: str
+    pid: int
+
+
+@dataclass(slots=True)
+class Sweep:
+    """What a registration or heartbeat did."""
+
+    superseded: list[str] = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)
+    recovered: list[TaskId] = field(default_factory=list)
+    recovered_names: list[str] = field(default_factory=list)
+    lease_held: bool = True
+    standby: bool = False
+
+
+def recover_tasks(
+    db: Database, worker_ids: Sequence[str], reasons: dict[str, str], by_worker: str, now: datetime
+) -> list[TaskId]:
+    """Send the running tasks of these workers back to pending; each one is fenced."""
+    with db.write() as conn:
+        found = [(t, reasons.get(t.worker_id or "", "dead")) for t in task_store.running_of_workers(conn, worker_ids)]
+        recovered = _recover_in(conn, found, by_worker, now)
+    return [t.id for t in recovered]
+
+
+def _recover_in(conn: Any, found: Sequence[tuple[TaskRecord, str]], by_worker: str, now: datetime) -> list[TaskRecord]:
+    recovered: list[TaskRecord] = []
+    for task, reason in found:
+        assert task.worker_id is not None
+        tr = rules.recover(task, by_worker, reason, now)
+        # fenced by the old owner and attempt: a task that finished or was recovered by a
+        # peer in the meantime is left alone
+        if task_store.apply_transition(conn, task, tr, now, fence=Fence(task.worker_id, task.attempt), actor=by_worker):
+            recovered.append(task)
+            log.warning("task_recovered", task_id=task.id, recovered_by_worker_id=by_worker, recovery_reason=reason)
+    return recovered
+
+
+def _recover_lost(db: Database, by_worker: str, now: datetime) -> list[TaskRecord]:
+    """Recover every running task whose registered owner is superseded or dead.
+
+    Driven by the registry's state, not by what this call marked: a recoverer that died
+    between superseding (or reaping) a worker and recovering its tasks leaves them to the
+    next heartbeat of any worker. A cheap read first, so an idle fleet takes no write lock.
+    A worker never recovers its own tasks: it is alive, and still runs them.
+    """
+    with db.read() as conn:
+        if not task_store.running_of_lost_workers(conn, by_worker):
+            return []
+    with db.write() as conn:
+        return _recover_in(conn, task_store.running_of_lost_workers(conn, by_worker), by_worker, now)
+
+
+def _reap_and_recover(db: Database, me: Identity, superseded: list[str], now: datetime, recover: bool) -> Sweep:
+    with db.write() as conn:
+        dead = store.reap_expired(conn, now)
+    sweep = Sweep(superseded=superseded, dead=dead)
+    for w in superseded:
+        log.info("worker_superseded", superseded_worker_id=w, by=me.worker_id)
+    for w in dead:
+        log.warning("worker_dead", dead_worker_id=w, reaped_by=me.worker_id)
+    if recover:
+        tasks = _recover_lost(db, me.worker_id, now)
+        sweep.recovered = [t.id for t in tasks]
+        sweep.recovered_names = [t.name for t in tasks]
+    return sweep
+
+
+def register(
+    db: Database, me: Identity, handlers: Sequence[str], lease: float, now: datetime, *, recover: bool
+) -> Sweep:
+    """Register active, supersede the pod's other instances, reap expired, recover at once."""
+    with db.write() as conn:
+        store.upsert_active(conn, me.worker_id, me.pod_id, me.host, me.pid, handlers, now, after(now, lease))
+        superseded = store.supersede_pod(conn, me.pod_id, me.worker_id)
+    return _reap_and_recover(db, me, superseded, now, recover)
+
+
+def heartbeat(
+    db: Database, me: Identity, handlers: Sequence[str], lease: float, now: datetime, *, recover: bool
+) -> Sweep:
+    """Extend the lease; when it was lost, stand by while a live peer holds the pod, else re-register."""
+    with db.write() as conn:
+        held = store.renew(conn, me.worker_id, now, after(now, lease), handlers)
+        peer = None if held else store.active_peer_in_pod(conn, me.pod_id, me.worker_id, now)
+    if not held:
+        if peer is not None:
+            log.warning("worker_lease_lost", worker_id=me.worker_id, active_peer=peer)
+            sweep = _reap_and_recover(db, me, [], now, recover)
+            sweep.lease_held = False
+            sweep.standby = True
+            return sweep
+        log.warning("worker_reregistered", worker_id=me.worker_id)
+        return register(db, me, handlers, lease, now, recover=recover)
+    return _reap_and_recover(db, me, [], now, recover)
+
+
+def deregister(db: Database, me: Identity, now: datetime) -> None:
+    """Mark this worker dead at the end of a clean shutdown."""
+    with db.write() as conn:
+        store.mark(conn, me.worker_id, WorkerStatus.DEAD, now)

@@ -1,0 +1,1 @@
+"""Pure decisions with an explicit `now`: transitions, retries, cron next-fire, options."""

@@ -1,0 +1,152 @@
+"""Settings: command-line flag > FLOWD_<NAME> environment variable > TOML file > default."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from flowd.errors import BadInput
+
+DEFAULT_CONFIG_FILES = (Path("config/flowd.toml"), Path("flowd.toml"))
+TERMINAL_STATUSES = ("completed", "permanently_failed", "paused")
+
+
+class Settings(BaseSettings):
+    """Every flowd setting; all durations are seconds (floats allowed)."""
+
+    model_config = SettingsConfigDict(env_prefix="FLOWD_", extra="ignore", validate_default=True)
+
+    db_url: str = Field("sqlite:///flowd.db", min_length=1)
+    handlers_dir: Path = Path("handlers")
+    pod_id: str | None = Field(None, min_length=1, max_length=128)
+    worker_id: str | None = Field(None, min_length=1, max_length=128)
+    max_concurrent_tasks: int = Field(10, ge=1, le=10_000)
+    poll_interval: float = Field(1.0, gt=0, le=3600)
+    max_retries: int = Field(3, ge=1, le=1_000_000)
+    retry_interval: float = Field(0.0, ge=0)
+    timeout: float = Field(60.0, gt=0)
+    task_heartbeat_interval: float = Field(5.0, gt=0)
+    task_heartbeat_timeout: float = Field(30.0, gt=0)
+    worker_heartbeat_interval: float = Field(5.0, gt=0)
+    worker_heartbeat_timeout: float = Field(30.0, gt=0)
+    recover_running_jobs: bool = True
+    retention_expire_time: float = Field(86400.0, ge=0)
+    retention_statuses: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["completed", "permanently_failed"]
+    )
+    retention_interval: float = Field(300.0, gt=0)
+    timezone: str | None = None
+    max_result_bytes: int = Field(1_048_576, ge=1)
+    log_format: Literal["console", "json"] | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_grace: float = Field(60.0, ge=0)
+    reload: bool = True
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = Field("127.0.0.1", min_length=1)
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
+    # seconds of waiting per +1 priority step in the claim order (None: off)
+    priority_aging: float | None = Field(None, gt=0)
+    # constraint groups, `[constraints.NAME]` tables: key, max_concurrent, cooldown, applies_to
+    constraints: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("retention_statuses", mode="before")
+    @classmethod
+    def _split_statuses(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [s.strip() for s in v.replace(",", " ").split() if s.strip()]
+        return v
+
+    @field_validator("retention_statuses")
+    @classmethod
+    def _terminal_only(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if s not in TERMINAL_STATUSES]
+        if bad:
+            raise ValueError(f"retention only deletes {', '.join(TERMINAL_STATUSES)}; not {bad}")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        if v:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError) as e:
+                raise ValueError(f"unknown time zone {v!r}") from e
+        return v or None
+
+    @field_validator("sqlite_synchronous", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = settings_cls.model_config.get("toml_file")
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The TOML file in force: `--config`, else $FLOWD_CONFIG, else a default file if present."""
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise BadInput(f"config file {p} not found: fix --config")
+        return p
+    env = os.environ.get("FLOWD_CONFIG")
+    if env:
+        p = Path(env)
+        if not p.is_file():
+            raise BadInput(f"config file {p} not found: fix $FLOWD_CONFIG")
+        return p
+    for p in DEFAULT_CONFIG_FILES:
+        if p.is_file():
+            return p
+    return None
+
+
+def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Build the Settings; `overrides` are command-line flags (None values are ignored)."""
+    path = config_path(config)
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    cls: type[Settings] = Settings
+    if path is not None:
+        import tomllib
+
+        try:
+            tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, OSError) as e:
+            raise BadInput(f"config file {path} is not valid TOML: {e}") from e
+        cls = type("FileSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
+    try:
+        return cls(**flags)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err.get("loc", ())) or "settings"
+        raise BadInput(f"bad setting {loc}: {err.get('msg')} (check FLOWD_{loc.upper()}, flags or config)") from e
+
+
+def task_defaults(s: Settings) -> dict[str, Any]:
+    """The settings-level task options (the last source `rules.options.resolve` consults)."""
+    return {"timeout": s.timeout, "max_retries": s.max_retries, "retry_interval": s.retry_interval, "priority": 0}

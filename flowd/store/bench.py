@@ -1,0 +1,174 @@
+"""SQL for `flowd bench`: scratch databases, bulk history, and the figures read back from rows."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from flowd.model import TaskStatus
+from flowd.store.schema import attempts as A
+from flowd.store.schema import events as E
+from flowd.store.schema import tasks as T
+
+HISTORY_CHUNK = 5000
+
+
+def create_scratch_database(server_url: str) -> str:
+    """Create an empty database on the server of `server_url`; returns its URL."""
+    base = sa.make_url(server_url)
+    name = "flowd_bench_" + uuid.uuid4().hex[:10]
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(sa.text(f"CREATE DATABASE {name}"))
+    finally:
+        admin.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(url: str) -> None:
+    """Drop the database `url` names (a scratch database of `create_scratch_database`)."""
+    u = sa.make_url(url)
+    name = u.database
+    assert name and name.startswith("flowd_bench_"), "only scratch databases are dropped"
+    # connect to the server's default database: one cannot drop the database one is in
+    admin_db = "postgres" if u.get_backend_name() == "postgresql" else None
+    admin = sa.create_engine(u.set(database=admin_db), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            force = " WITH (FORCE)" if u.get_backend_name() == "postgresql" else ""
+            c.execute(sa.text(f"DROP DATABASE IF EXISTS {name}{force}"))
+    finally:
+        admin.dispose()
+
+
+def insert_history(
+    conn: sa.Connection,
+    n: int,
+    name: str,
+    payload: dict[str, Any],
+    now: datetime,
+    on_chunk: Callable[[int], None] | None = None,
+) -> None:
+    """Insert `n` completed tasks as a worker would have left them: three events, one closed attempt.
+
+    Explicit ids 1..n in an empty table keep this to three executemany calls per chunk
+    (no id read-back); PostgreSQL's sequence is moved past them afterwards.
+    """
+    start = now - timedelta(hours=1)
+    for lo in range(1, n + 1, HISTORY_CHUNK):
+        ids = range(lo, min(n, lo + HISTORY_CHUNK - 1) + 1)
+        conn.execute(
+            sa.insert(T),
+            [
+                {
+                    "id": i,
+                    "name": name,
+                    "type": "async",
+                    "status": TaskStatus.COMPLETED.value,
+                    "payload": payload,
+                    "result": None,
+                    "priority": 0,
+                    "stage": 0,
+                    "root_id": i,
+                    "retry_count": 0,
+                    "max_retries": 3,
+                    "retry_interval": 0.0,
+                    "timeout": 60.0,
+                    "next_run_time": start,
+                    "worker_id": "bench-history",
+                    "attempt": 1,
+                    "started_at": start,
+                    "heartbeat_at": start,
+                    "last_event_type": "task_completed",
+                    "last_event_time": start,
+                    "created_at": start,
+                    "updated_at": start,
+                }
+                for i in ids
+            ],
+        )
+        steps = (
+            ("task_created", None, "pending"),
+            ("task_started", "pending", "running"),
+            ("task_completed", "running", "completed"),
+        )
+        conn.execute(
+            sa.insert(E),
+            [
+                {
+                    "task_id": i,
+                    "root_id": i,
+                    "parent_id": None,
+                    "event_type": ev,
+                    "worker_id": "bench-history",
+                    "attempt": 1,
+                    "stage": 0,
+                    "from_status": fr,
+                    "to_status": to,
+                    "message": None,
+                    "metadata": None,
+                    "created_at": start,
+                }
+                for i in ids
+                for ev, fr, to in steps
+            ],
+        )
+        conn.execute(
+            sa.insert(A),
+            [
+                {
+                    "task_id": i,
+                    "attempt": 1,
+                    "stage": 0,
+                    "worker_id": "bench-history",
+                    "started_at": start,
+                    "ended_at": start,
+                    "outcome": "completed",
+                }
+                for i in ids
+            ],
+        )
+        if on_chunk is not None:
+            on_chunk(ids[-1])
+    if n and conn.dialect.name == "postgresql":
+        conn.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('{T.name}', 'id'), {n})"))
+
+
+def max_task_id(conn: sa.Connection) -> int:
+    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(T.c.id), 0))).scalar_one())
+
+
+def unfinished_after(conn: sa.Connection, after_id: int) -> int:
+    """Tasks with id > `after_id` not yet completed."""
+    q = sa.select(sa.func.count()).where(T.c.id > after_id, T.c.status != TaskStatus.COMPLETED.value)
+    return int(conn.execute(q).scalar_one())
+
+
+def attempt_span(conn: sa.Connection, after_id: int, upto_id: int) -> tuple[int, datetime | None, datetime | None]:
+    """(closed attempts, first start, last end) of tasks with after_id < id <= upto_id."""
+    q = sa.select(sa.func.count(), sa.func.min(A.c.started_at), sa.func.max(A.c.ended_at)).where(
+        A.c.task_id > after_id, A.c.task_id <= upto_id, A.c.ended_at.is_not(None)
+    )
+    n, first, last = conn.execute(q).one()
+    return int(n), first, last
+
+
+def start_latencies_ms(conn: sa.Connection, ids: Sequence[int]) -> list[float]:
+    """created_at → first attempt's started_at, in milliseconds, of these tasks."""
+    q = (
+        sa.select(T.c.created_at, A.c.started_at)
+        .join(A, sa.and_(A.c.task_id == T.c.id, A.c.attempt == 1))
+        .where(T.c.id.in_(list(ids)))
+    )
+    return [(s - c).total_seconds() * 1000.0 for c, s in conn.execute(q).all()]
+
+
+def started(conn: sa.Connection, task_id: int) -> bool:
+    """Whether the task's first attempt has started."""
+    q = sa.select(A.c.id).where(A.c.task_id == task_id).limit(1)
+    return conn.execute(q).first() is not None

@@ -1,0 +1,335 @@
+"""The Database handle: one SQLAlchemy engine per process, short read and write transactions."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy import event, exc
+from sqlalchemy.engine import make_url
+
+from flowd.errors import BadInput, DatabaseUnavailable, TransactionConflict
+from flowd.store.schema import SCHEMA_REVISION
+
+T = TypeVar("T")
+log = structlog.stdlib.get_logger("flowd.store")
+
+# PostgreSQL SQLSTATEs: serialization_failure, deadlock_detected
+_CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
+# MySQL/MariaDB error codes: ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT
+_CONFLICT_MYSQL_CODES = frozenset({1213, 1205})
+
+
+def is_conflict(e: BaseException) -> bool:
+    """A deadlock or serialization failure: the transaction was rolled back and may simply run again."""
+    orig = getattr(e, "orig", None)
+    if orig is None:
+        return False
+    if getattr(orig, "sqlstate", None) in _CONFLICT_SQLSTATES:
+        return True
+    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
+    return len(args) > 0 and args[0] in _CONFLICT_MYSQL_CODES
+
+
+def masked_url(url: str) -> str:
+    """The URL with its password replaced by ***, safe to print or log."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable database URL>"
+
+
+def _sqlite_write_engine(url: sa.URL, synchronous: str, pool_size: int) -> sa.Engine:
+    eng = sa.create_engine(
+        url,
+        connect_args={"timeout": 60, "check_same_thread": False},
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=60,
+    )
+
+    @event.listens_for(eng, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        # let SQLAlchemy's begin event decide how transactions start (pysqlite's own
+        # implicit BEGIN is deferred, which would let two writers read-then-write)
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.close()
+
+    @event.listens_for(eng, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        # every transaction takes the write lock up front: a claim's SELECT and UPDATE
+        # are then one atomic step across processes
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("flowd_write", True) else "BEGIN")
+
+    return eng
+
+
+STATEMENT_TIMEOUT = 60.0
+"""Seconds a server may spend on one statement (lock waits included) before it is cancelled."""
+
+
+def _server_limits(dialect: str, statement_timeout: float) -> dict[str, Any]:
+    """Driver arguments that bound every wait: connecting, a statement, a silent network."""
+    ms = int(statement_timeout * 1000)
+    if dialect == "postgresql":
+        return {
+            "connect_timeout": 10,
+            "options": f"-c statement_timeout={ms}",
+            # a peer gone without a word (cable, VM pause) is noticed in about a minute,
+            # not after the kernel's two hours
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+            "tcp_user_timeout": ms,
+        }
+    # PyMySQL's socket timeouts: a read that never returns fails after the statement's limit
+    # plus a margin for the server to report its own timeout first
+    margin = int(statement_timeout) + 30
+    return {"connect_timeout": 10, "read_timeout": margin, "write_timeout": margin}
+
+
+def _limit_mysql_statements(engine: sa.Engine, statement_timeout: float) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        if "mariadb" in str(dbapi_conn.get_server_info()).lower():
+            cur.execute(f"SET SESSION max_statement_time = {statement_timeout:g}")
+        else:  # MySQL 8 bounds read-only statements only; lock waits have innodb_lock_wait_timeout
+            cur.execute(f"SET SESSION max_execution_time = {int(statement_timeout * 1000)}")
+        cur.close()
+
+
+class Database:
+    """Owns the engine; `write()` and `read()` yield a connection inside one transaction."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 5,
+        sqlite_synchronous: str = "NORMAL",
+        statement_timeout: float = STATEMENT_TIMEOUT,
+    ) -> None:
+        try:
+            self.url = make_url(url)
+        except exc.ArgumentError as e:
+            raise BadInput(
+                f"bad database URL {url!r}: use sqlite:///path, postgresql+psycopg://… or mysql+pymysql://…"
+            ) from e
+        self.display_url = self.url.render_as_string(hide_password=True)
+        self.dialect = self.url.get_backend_name()
+        if self.dialect == "sqlite":
+            self.engine = _sqlite_write_engine(self.url, sqlite_synchronous, pool_size)
+        elif self.dialect in ("postgresql", "mysql", "mariadb"):
+            kwargs: dict[str, Any] = {
+                "pool_size": pool_size,
+                "max_overflow": pool_size,
+                "pool_pre_ping": True,
+                "pool_recycle": 1800,
+                # READ COMMITTED everywhere: a sibling-count after locking the parent sees
+                # the children other transactions committed meanwhile
+                "isolation_level": "READ COMMITTED",
+            }
+            kwargs["connect_args"] = _server_limits(self.dialect, statement_timeout)
+            try:
+                self.engine = sa.create_engine(self.url, **kwargs)
+            except ImportError as e:
+                extra = "postgres" if self.dialect == "postgresql" else "mysql"
+                raise DatabaseUnavailable(
+                    f"the driver for {self.display_url} is not installed: pip install 'flowd[{extra}]'"
+                ) from e
+            if self.dialect != "postgresql":
+                _limit_mysql_statements(self.engine, statement_timeout)
+        else:
+            raise BadInput(f"unsupported database {self.dialect!r}: use sqlite, postgresql or mysql")
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+
+    @property
+    def sqlite_file(self) -> str | None:
+        """The SQLite database file (None for a server or an in-memory database)."""
+        name = self.url.database
+        return name if self.is_sqlite and name and name != ":memory:" else None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @property
+    def skip_locked(self) -> bool:
+        """Row locks with SKIP LOCKED (PostgreSQL, MySQL 8, MariaDB 10.6+); SQLite locks the file."""
+        return not self.is_sqlite
+
+    def _unavailable(self, e: Exception) -> DatabaseUnavailable:
+        reason = str(getattr(e, "orig", e)).strip().splitlines()[0] if str(e) else type(e).__name__
+        reason = reason.replace(str(self.url.password or "\0"), "***")
+        if is_conflict(e):
+            return TransactionConflict(f"database {self.display_url}: transaction conflict: {reason}")
+        return DatabaseUnavailable(f"database {self.display_url} is unreachable: {reason}")
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sa.Connection]:
+        """A write transaction (SQLite: BEGIN IMMEDIATE); commits on success."""
+        self.ensure_schema()
+        try:
+            with self._connect(write=True) as conn, conn.begin():
+                yield conn
+        except (exc.OperationalError, exc.InterfaceError) as e:
+            raise self._unavailable(e) from e
+
+    def transaction(self, work: Callable[[sa.Connection], T], *, tries: int = 5) -> T:
+        """Run `work(conn)` in one write transaction; run it again after a deadlock or
+        serialization failure (the database rolled it back), up to `tries` times.
+
+        `work` may run more than once: it must change nothing outside the transaction, or
+        reset what it changes when it starts.
+        """
+        for attempt in range(1, tries):
+            try:
+                with self.write() as conn:
+                    return work(conn)
+            except TransactionConflict as e:
+                log.info("transaction_conflict_retried", attempt=attempt, error=str(e))
+                # jittered, growing pause: the two parties of a deadlock must not meet again
+                time.sleep(random.uniform(0.005, 0.025) * 2**attempt)
+        with self.write() as conn:
+            return work(conn)
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sa.Connection]:
+        """A read-only transaction (a consistent snapshot on SQLite WAL)."""
+        self.ensure_schema()
+        try:
+            with self._connect(write=False) as conn, conn.begin():
+                yield conn
+        except (exc.OperationalError, exc.InterfaceError) as e:
+            raise self._unavailable(e) from e
+
+    @contextlib.contextmanager
+    def _connect(self, *, write: bool) -> Iterator[sa.Connection]:
+        try:
+            conn = self.engine.connect()
+        except exc.OperationalError as e:
+            raise self._unavailable(e) from e
+        except exc.DBAPIError as e:
+            raise self._unavailable(e) from e
+        try:
+            conn.info["flowd_write"] = write
+            yield conn
+        finally:
+            conn.close()
+
+    def ensure_schema(self) -> None:
+        """Create the tables on first use (idempotent, safe against a concurrent creator)."""
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            if self._current_revision() != SCHEMA_REVISION:
+                self.create_schema()
+            self._schema_ready = True
+
+    def _current_revision(self) -> str | None:
+        """The database's revision, by one cheap query (no Alembic import on the hot path)."""
+        try:
+            with self._connect(write=False) as conn, conn.begin():
+                row = conn.execute(sa.text("SELECT version_num FROM flowd_alembic_version")).first()
+        except (exc.OperationalError, exc.ProgrammingError) as e:
+            if "flowd_alembic_version" in str(e) or "exist" in str(e).lower():
+                return None
+            raise self._unavailable(e) from e
+        return str(row[0]) if row else None
+
+    def create_schema(self) -> tuple[str | None, str]:
+        """Migrate the schema to this code's head revision; returns (from, to)."""
+        from flowd.store import migrate
+
+        # servers: a connection of its own, without the statement timeout (rebuilding an
+        # index of a large table may take longer than any claim ever should)
+        engine = self.engine if self.is_sqlite else self._migration_engine()
+        try:
+            with engine.connect() as conn:
+                conn.info["flowd_write"] = True
+                with conn.begin():
+                    return migrate.upgrade(conn)
+        except (exc.OperationalError, exc.InterfaceError) as e:
+            raise self._unavailable(e) from e
+        finally:
+            if engine is not self.engine:
+                engine.dispose()
+
+    def _migration_engine(self) -> sa.Engine:
+        return sa.create_engine(
+            self.url, poolclass=sa.NullPool, isolation_level="READ COMMITTED", connect_args={"connect_timeout": 10}
+        )
+
+    def schema_version(self) -> tuple[str | None, str]:
+        """(the database's revision, this code's head revision)."""
+        from flowd.store import migrate
+
+        try:
+            with self._connect(write=False) as conn, conn.begin():
+                return migrate.current(conn), migrate.head()
+        except (exc.OperationalError, exc.InterfaceError) as e:
+            raise self._unavailable(e) from e
+
+    def server_info(self, clock: Callable[[], datetime]) -> tuple[str, datetime | None, datetime]:
+        """(server version, the server's UTC clock or None on SQLite, `clock()` at the same moment).
+
+        The local time is the midpoint of the clock query's round trip, so the difference of
+        the two is the skew give or take half a round trip. Never creates the schema.
+        """
+        queries = {
+            "postgresql": ("SHOW server_version", "SELECT clock_timestamp() AT TIME ZONE 'UTC'"),
+            "mysql": ("SELECT VERSION()", "SELECT UTC_TIMESTAMP(6)"),
+            "mariadb": ("SELECT VERSION()", "SELECT UTC_TIMESTAMP(6)"),
+            "sqlite": ("SELECT sqlite_version()", None),
+        }
+        version_sql, time_sql = queries[self.dialect]
+        server = None
+        try:
+            with self._connect(write=False) as conn, conn.begin():
+                version = str(conn.execute(sa.text(version_sql)).scalar_one())
+                before = clock()
+                # SQLite runs inside this process: its clock is this host's clock
+                if time_sql is not None:
+                    server = conn.execute(sa.text(time_sql)).scalar_one()
+                local = before + (clock() - before) / 2
+        except (exc.OperationalError, exc.InterfaceError) as e:
+            raise self._unavailable(e) from e
+        if server is not None and server.tzinfo is None:
+            server = server.replace(tzinfo=UTC)
+        return version, server, local
+
+    def is_known_revision(self, revision: str) -> bool:
+        """Whether this code's migrations include `revision`."""
+        from flowd.store import migrate
+
+        return migrate.is_known(revision)
+
+    def listen(self, wake: Callable[[], None]) -> Any:
+        """Start a thread that calls `wake` on new work: LISTEN (PostgreSQL), a watch on the
+        database file (SQLite); None where only polling works (MySQL, in-memory SQLite)."""
+        from flowd.store import wakeup
+
+        if self.dialect == "postgresql":
+            return wakeup.Listener(self.url, wake).start()
+        if self.sqlite_file is not None:
+            return wakeup.FileWatcher(self.sqlite_file, wake).start()
+        return None
+
+    def dispose(self) -> None:
+        self.engine.dispose()

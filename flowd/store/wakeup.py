@@ -1,0 +1,111 @@
+"""Cross-process wake-ups: PostgreSQL LISTEN/NOTIFY, SQLite a watch on the file; MySQL polls.
+
+A submit (or any change that makes a task due now) sends `NOTIFY flowd_tasks` inside its
+transaction, so the notification is delivered at commit — never before the row is visible.
+A worker's listener thread holds its own connection, LISTENs, and calls `wake()` on each
+notification; it reconnects and LISTENs again after a lost connection, and the worker's
+poll interval stays the fallback.
+
+SQLite has no notifications, but in WAL mode every commit writes to the `-wal` file: a
+thread that stats the files every few milliseconds (no database access, no lock) sees
+another process's commit within that interval, at a negligible cost in CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+import structlog
+
+CHANNEL = "flowd_tasks"
+log = structlog.stdlib.get_logger("flowd.wakeup")
+
+
+def notify(conn: sa.Connection) -> None:
+    """Announce due work to listening workers (PostgreSQL; a no-op elsewhere)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
+
+
+class Listener:
+    """A daemon thread that calls `wake` on every NOTIFY (PostgreSQL only)."""
+
+    def __init__(self, url: sa.URL, wake: Callable[[], None], *, poll: float = 1.0) -> None:
+        self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._wake = wake
+        self._poll = poll
+        self._stop = threading.Event()
+        self.connected = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flowd-listen", daemon=True)
+
+    def start(self) -> Listener:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        import psycopg
+
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self.connected.set()
+                    backoff = 0.5
+                    # a missed notification while reconnecting is covered by this wake-up
+                    self._wake()
+                    while not self._stop.is_set():
+                        for _n in conn.notifies(timeout=self._poll, stop_after=1):
+                            self._wake()
+            except Exception as e:  # a lost connection: LISTEN again after a pause
+                self.connected.clear()
+                log.warning("listen_connection_lost", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+
+# how often a SQLite worker looks for other processes' commits: the idle submit→start latency
+FILE_WATCH_INTERVAL = 0.01
+
+
+class FileWatcher:
+    """A daemon thread that calls `wake` when the SQLite `-wal` file changes (a commit)."""
+
+    def __init__(self, path: str, wake: Callable[[], None], *, interval: float = FILE_WATCH_INTERVAL) -> None:
+        self._wal = path + "-wal"
+        self._wake = wake
+        self._interval = interval
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="flowd-watch", daemon=True)
+
+    def start(self) -> FileWatcher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self._wal)
+        except OSError:
+            return None
+        # a checkpoint rewrites the WAL from its start: the size may repeat, the mtime not
+        return st.st_mtime_ns, st.st_size
+
+    def _run(self) -> None:
+        last = self._stamp()
+        # a plain sleep is the cheapest wait: this loop runs 100 times a second while idle
+        while not self._stopped:
+            time.sleep(self._interval)
+            stamp = self._stamp()
+            if stamp != last:
+                last = stamp
+                self._wake()

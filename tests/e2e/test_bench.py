@@ -1,0 +1,66 @@
+"""`flowd bench` end to end: real worker processes, figures of the right shape (never timings)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWD_")}
+    # a short poll keeps the latency phase (200 one-at-a-time tasks) quick
+    env.update(FLOWD_POLL_INTERVAL="0.02", PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "flowd", "bench", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_bench__json_has_every_figure(tmp_path: Path) -> None:
+    p = _bench(tmp_path, "--tasks", "200", "--workers", "1", "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["backend"] == "sqlite"
+    assert (doc["tasks"], doc["workers"], doc["concurrency"], doc["history"]) == (200, 1, 10, 0)
+    for key in ("enqueue_bulk_per_s", "enqueue_single_per_s", "process_per_s", "worker_rss_mb"):
+        assert isinstance(doc[key], float) and doc[key] > 0, key
+    lat = doc["latency_ms"]
+    assert set(lat) == {"p50", "p95", "p99"}
+    assert 0 <= lat["p50"] <= lat["p95"] <= lat["p99"]
+    # the bench cleans up after itself: nothing left in the working directory
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench__history_and_skip(tmp_path: Path) -> None:
+    p = _bench(tmp_path, "--tasks", "50", "--history", "300", "--skip", "latency,single", "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["history"] == 300
+    assert doc["enqueue_single_per_s"] is None
+    assert doc["latency_ms"] == {"p50": None, "p95": None, "p99": None}
+    assert doc["process_per_s"] > 0
+
+
+def test_bench__bad_handler_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    p = _bench(tmp_path, "--handler", "spin:3", "--tasks", "10")
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and "--handler" in p.stderr
+
+
+def test_bench__runs_reports_the_median_of_each_figure(tmp_path: Path) -> None:
+    p = _bench(tmp_path, "--tasks", "30", "--runs", "2", "--skip", "latency,single", "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["runs"] == 2
+    assert doc["process_per_s"] > 0 and doc["enqueue_bulk_per_s"] > 0
+    bad = _bench(tmp_path, "--tasks", "10", "--runs", "0")
+    assert bad.returncode == 2 and "--runs" in bad.stderr
