@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from flowd.model import AttemptOutcome, AttemptRecord, Page, TaskId, TaskRecord
-from flowd.store import paging
+from flowd.store import bulk, paging
 from flowd.store.schema import attempts as A
 
 
@@ -18,20 +18,24 @@ def open_attempts(
     conn: sa.Connection, claimed: Sequence[TaskRecord], now: datetime, versions: Mapping[str, str | None] | None = None
 ) -> None:
     if claimed:
-        conn.execute(
-            sa.insert(A),
-            [
-                {
-                    "task_id": t.id,
-                    "attempt": t.attempt,
-                    "stage": t.stage,
-                    "worker_id": t.worker_id,
-                    "started_at": now,
-                    "handler_version": (versions or {}).get(t.name),
-                }
-                for t in claimed
-            ],
-        )
+        rows = [
+            {
+                "task_id": t.id,
+                "attempt": t.attempt,
+                "stage": t.stage,
+                "worker_id": t.worker_id,
+                "started_at": now,
+                "handler_version": (versions or {}).get(t.name),
+            }
+            for t in claimed
+        ]
+        if bulk.inserts_raw(conn):
+            bulk.executemany(conn, _OPEN, rows)
+        else:
+            conn.execute(_OPEN, rows)
+
+
+_OPEN = sa.insert(A)
 
 
 def close_attempt(
@@ -57,7 +61,7 @@ def close_attempts(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> int:
     """Close many attempts (rows of `close_row`) with one executemany; returns how many closed."""
     if not rows:
         return 0
-    return int(conn.execute(_CLOSE, list(rows)).rowcount or 0)
+    return bulk.executemany(conn, _CLOSE, rows)
 
 
 def to_record(row: Any) -> AttemptRecord:

@@ -24,7 +24,7 @@ from flowd.model import (
     WorkerStatus,
 )
 from flowd.rules.transitions import EventSpec, Transition
-from flowd.store import constraints, entities, paging, wakeup
+from flowd.store import bulk, constraints, entities, paging, wakeup
 from flowd.store.attempts import close_attempt, close_attempts, close_row
 from flowd.store.events import event_rows, insert_event_rows, insert_events
 from flowd.store.schema import tasks as T
@@ -371,7 +371,7 @@ def apply_fenced_batch(
         if tr.close_attempt is not None:
             closes.append(close_row(task.id, task.attempt, tr.close_attempt, tr.attempt_error, now))
     for rows in groups.values():
-        if int(conn.execute(_FENCED_UPDATE, rows).rowcount or 0) != len(rows):
+        if bulk.executemany(conn, _FENCED_UPDATE, rows) != len(rows):
             return False
     insert_event_rows(conn, events, now)
     close_attempts(conn, closes)

@@ -1,0 +1,60 @@
+"""`bulk.executemany`: SQLAlchemy's SQL and bind processing, the driver's executemany."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from flowd.model import NewTask
+from flowd.store import bulk
+from flowd.store import tasks as task_store
+from flowd.store.db import Database
+from flowd.store.schema import events as E
+from flowd.store.schema import tasks as T
+
+T0 = datetime(2026, 11, 22, 12, 0, 0, 123000, tzinfo=UTC)
+
+_INSERT = sa.insert(E)
+_TAG_IF_PENDING = sa.update(T).where(T.c.id == sa.bindparam("f_id"), T.c.status == "pending")
+
+
+def test_insert__stores_values_as_sqlalchemy_would(db_url: str) -> None:
+    db = Database(db_url)
+    rows = [
+        {
+            "task_id": i,
+            "root_id": i,
+            "parent_id": None,
+            "event_type": "task_checkpoint",
+            "worker_id": "w",
+            "attempt": 1,
+            "stage": 0,
+            "from_status": None,
+            "to_status": None,
+            "message": "m",
+            "metadata": {"code": "x", "n": i, "falsy": [0, "", False]},
+            "created_at": T0 + timedelta(milliseconds=i),
+        }
+        for i in (1, 2, 3)
+    ]
+    with db.write() as conn:
+        bulk.executemany(conn, _INSERT, rows)
+    with db.read() as conn:
+        got = conn.execute(sa.select(E.c.task_id, E.c.metadata, E.c.created_at).order_by(E.c.id)).all()
+        raw = conn.execute(sa.text("SELECT created_at FROM flowd_task_events ORDER BY id")).scalars().all()
+    assert [tuple(r) for r in got] == [(r["task_id"], r["metadata"], r["created_at"]) for r in rows]
+    # the Millis type's own storage: integer milliseconds
+    assert [int(v) for v in raw] == [int((T0 + timedelta(milliseconds=i)).timestamp() * 1000) for i in (1, 2, 3)]
+
+
+def test_update__counts_only_rows_that_still_match_and_keeps_the_statement_constants(db_url: str) -> None:
+    db = Database(db_url)
+    with db.write() as conn:
+        ids = task_store.insert_tasks(conn, [NewTask("n", {}) for _ in range(3)], T0)
+        conn.execute(sa.update(T).where(T.c.id == ids[1]).values(status="running"))
+        count = bulk.executemany(conn, _TAG_IF_PENDING, [{"f_id": i, "tag": f"t{i}"} for i in ids])
+    assert count == 2  # the running one no longer matches `status = 'pending'`
+    with db.read() as conn:
+        tags = dict(conn.execute(sa.select(T.c.id, T.c.tag)).all())
+    assert tags == {ids[0]: f"t{ids[0]}", ids[1]: None, ids[2]: f"t{ids[2]}"}
