@@ -34,7 +34,7 @@ class _Plan:
 _plans: dict[tuple[int, str, tuple[str, ...]], _Plan] = {}
 
 
-def _plan(conn: sa.Connection, stmt: sa.Executable, keys: tuple[str, ...]) -> _Plan:
+def _plan(conn: sa.Connection, stmt: sa.ClauseElement, keys: tuple[str, ...]) -> _Plan:
     dialect = conn.dialect
     cache_key = (id(stmt), dialect.name, keys)
     plan = _plans.get(cache_key)
@@ -56,7 +56,7 @@ def _plan(conn: sa.Connection, stmt: sa.Executable, keys: tuple[str, ...]) -> _P
     return plan
 
 
-def executemany(conn: sa.Connection, stmt: sa.Executable, rows: Sequence[Mapping[str, Any]]) -> int:
+def executemany(conn: sa.Connection, stmt: sa.ClauseElement, rows: Sequence[Mapping[str, Any]]) -> int:
     """Run `stmt` once per row (all rows have the same keys); returns the driver's rowcount.
 
     `stmt` must be a long-lived object (a module constant): its compiled form is cached by
