@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
 import os
 import queue
 import socket
@@ -45,6 +46,8 @@ from flowd.store.db import Database
 from flowd.store.tasks import Fence
 
 log = structlog.stdlib.get_logger("flowd.worker")
+# the same logger's level, asked before building a per-task line nobody will see
+_std_log = logging.getLogger("flowd.worker")
 
 Key = tuple[int, int]  # (task id, attempt number)
 
@@ -430,7 +433,8 @@ class Worker:
             self.running[(task.id, task.attempt)] = att
             self.counters.claimed += 1
             self.observer.claimed(task.name)
-            log.debug("task_claimed", task_id=task.id, name=task.name, attempt=task.attempt)
+            if _std_log.isEnabledFor(logging.DEBUG):
+                log.debug("task_claimed", task_id=task.id, name=task.name, attempt=task.attempt)
             self._launch(att)
         return len(claimed)
 
@@ -630,8 +634,9 @@ class Worker:
             return
         if isinstance(out, ops.Success):
             self.counters.completed += 1
-            event = "task_status_changed" if t.type is TaskType.CRON else "task_completed"
-            log.info(event, **ctx)
+            if _std_log.isEnabledFor(logging.INFO):
+                event = "task_status_changed" if t.type is TaskType.CRON else "task_completed"
+                log.info(event, **ctx)
         elif isinstance(out, ops.Failure):
             if out.timed_out:
                 self.counters.timed_out += 1

@@ -14,7 +14,8 @@ going through SQLAlchemy.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +26,10 @@ import sqlalchemy as sa
 class _Plan:
     sql: str
     positional: bool
-    # one per parameter, in order: (name, True, bind processor) for a value of the row,
-    # (name, False, the processed value) for a constant of the statement
-    params: tuple[tuple[str, bool, Any], ...]
-    names: tuple[str, ...]
+    names: tuple[str, ...]  # every parameter, in the statement's order
+    constants: dict[str, Any]  # the statement's own bound values, processed
+    get: Callable[[Mapping[str, Any]], Any]  # a row (with the constants) → its values in order
+    processors: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, bind processor)
 
 
 _plans: dict[tuple[int, str, tuple[str, ...]], _Plan] = {}
@@ -41,16 +42,19 @@ def _plan(conn: sa.Connection, stmt: sa.ClauseElement, keys: tuple[str, ...]) ->
     if plan is None:
         compiled: Any = stmt.compile(dialect=dialect, column_keys=list(keys))
         names = list(compiled.positiontup) if compiled.positional else list(compiled.binds)
-        params: list[tuple[str, bool, Any]] = []
-        for name in names:
+        constants: dict[str, Any] = {}
+        processors: list[tuple[int, Callable[[Any], Any]]] = []
+        for i, name in enumerate(names):
             bind = compiled.binds[name]
             proc = bind.type.bind_processor(dialect)
             if name in keys:
-                params.append((name, True, proc))
+                if proc is not None:
+                    processors.append((i, proc))
             else:
                 const = bind.effective_value
-                params.append((name, False, proc(const) if proc else const))
-        plan = _Plan(str(compiled), bool(compiled.positional), tuple(params), tuple(names))
+                constants[name] = proc(const) if proc else const
+        get = operator.itemgetter(*names) if len(names) > 1 else (lambda row: (row[names[0]],))
+        plan = _Plan(str(compiled), bool(compiled.positional), tuple(names), constants, get, tuple(processors))
         # statements are module-level constants: the cache stays as small as their number
         _plans[cache_key] = plan
     return plan
@@ -66,13 +70,30 @@ def executemany(conn: sa.Connection, stmt: sa.ClauseElement, rows: Sequence[Mapp
         return 0
     keys = tuple(rows[0])
     plan = _plan(conn, stmt, keys)
-    values = [_row_values(plan, r) for r in rows]
+    constants = plan.constants
+    values = [plan.get({**r, **constants}) for r in rows] if constants else [plan.get(r) for r in rows]
+    if plan.processors:
+        columns: list[Any] = list(zip(*values, strict=True))
+        for i, proc in plan.processors:
+            columns[i] = _column(proc, columns[i])
+        values = list(zip(*columns, strict=True))
     args: list[Any] = values if plan.positional else [dict(zip(plan.names, v, strict=True)) for v in values]
     return int(conn.exec_driver_sql(plan.sql, args).rowcount or 0)
 
 
-def _row_values(plan: _Plan, row: Mapping[str, Any]) -> tuple[Any, ...]:
-    return tuple(((p(row[name]) if p else row[name]) if from_row else p) for name, from_row, p in plan.params)
+def _column(proc: Callable[[Any], Any], values: Sequence[Any]) -> list[Any]:
+    """`proc` over one column; a value repeated (the same object: a batch's `now`) converts once."""
+    out = []
+    last: Any = _UNSET
+    done: Any = None
+    for v in values:
+        if v is not last:
+            last, done = v, proc(v)
+        out.append(done)
+    return out
+
+
+_UNSET = object()
 
 
 def inserts_raw(conn: sa.Connection) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from flowd.clock import to_ms
+from flowd.clock import from_ms, to_ms
 from flowd.model import (
     FINISHED_STATUSES,
     EventType,
@@ -27,10 +27,60 @@ from flowd.rules.transitions import EventSpec, Transition
 from flowd.store import bulk, constraints, entities, paging, wakeup
 from flowd.store.attempts import close_attempt, close_attempts, close_row
 from flowd.store.events import event_rows, insert_event_rows, insert_events
+from flowd.store.schema import JsonText, Millis
 from flowd.store.schema import tasks as T
 from flowd.store.schema import workers as W
 
 _COLUMNS = [c.name for c in T.columns]
+
+# The claim reads its rows back as stored (integer milliseconds, JSON text) and decodes
+# them in `_claimed_record` by position: SQLAlchemy's per-row result processing and
+# by-name look-ups cost more than the claim's own SQL on SQLite.
+_MILLIS = frozenset(c.name for c in T.columns if isinstance(c.type, Millis))
+_JSON = frozenset(c.name for c in T.columns if isinstance(c.type, JsonText))
+_RAW_COLUMNS = [
+    sa.type_coerce(c, sa.BigInteger).label(c.name)
+    if c.name in _MILLIS
+    else sa.type_coerce(c, sa.Text).label(c.name)
+    if c.name in _JSON
+    else c
+    for c in T.columns
+]
+
+
+# TaskRecord's fields are the table's columns, in the same order (a test checks it)
+def _ms(v: Any) -> datetime:
+    return from_ms(int(v))
+
+
+_DECODE: tuple[tuple[int, Callable[[Any], Any]], ...] = tuple(
+    (i, _ms if name in _MILLIS else json.loads) for i, name in enumerate(_COLUMNS) if name in _MILLIS | _JSON
+)
+_INTS = tuple(_COLUMNS.index(n) for n in ("id", "priority", "stage", "retry_count", "max_retries", "attempt"))
+_FLOATS = tuple(_COLUMNS.index(n) for n in ("retry_interval", "timeout"))
+_I = {name: _COLUMNS.index(name) for name in ("type", "status", "payload", "labels", "context", "constrained")}
+
+
+def _claimed_record(row: Sequence[Any]) -> TaskRecord:
+    """A row of `_RAW_COLUMNS` → its record, decoded by position: the same as `to_record`."""
+    v = list(row)
+    for i, decode in _DECODE:
+        if v[i] is not None:
+            v[i] = decode(v[i])
+    for i in _INTS:
+        v[i] = int(v[i])
+    for i in _FLOATS:
+        v[i] = float(v[i])
+    at = _I
+    v[at["type"]] = TaskType(v[at["type"]])
+    v[at["status"]] = TaskStatus(v[at["status"]])
+    if v[at["payload"]] is None:
+        v[at["payload"]] = {}
+    v[at["labels"]] = v[at["labels"]] or {}
+    if v[at["context"]] is not None:
+        v[at["context"]] = bytes(v[at["context"]])
+    v[at["constrained"]] = bool(v[at["constrained"]])
+    return TaskRecord(*v)
 
 
 def to_record(row: Any) -> TaskRecord:
@@ -453,8 +503,8 @@ def claim_due(
         # no status test outside the subquery: the subquery's rows are ours (SQLite holds the
         # write lock, the servers the row locks), and an extra `status =` would make SQLite
         # pick the claim index over the primary key for the outer UPDATE
-        res = conn.execute(claim.where(T.c.id.in_(chosen_q)).returning(*T.c))
-        claimed = [to_record(r) for r in res.all()]
+        res = conn.execute(claim.where(T.c.id.in_(chosen_q)).returning(*_RAW_COLUMNS))
+        claimed = [_claimed_record(r) for r in res.all()]
     else:
         widen = 4 if constrained else 2 if len(names) > 1 else 1
         chosen = _choose(conn, conn.execute(q.limit(slots * widen)).all(), limits, slots, constrained, now)

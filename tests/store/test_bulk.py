@@ -58,3 +58,42 @@ def test_update__counts_only_rows_that_still_match_and_keeps_the_statement_const
     with db.read() as conn:
         tags = dict(conn.execute(sa.select(T.c.id, T.c.tag)).all())
     assert tags == {ids[0]: f"t{ids[0]}", ids[1]: None, ids[2]: f"t{ids[2]}"}
+
+
+def test_claim__decodes_its_rows_as_a_plain_read_does(db_url: str) -> None:
+    import dataclasses
+
+    from flowd.model import TaskRecord
+
+    # the claim builds records by position: the fields must be the columns, in order
+    assert [f.name for f in dataclasses.fields(TaskRecord)] == [c.name for c in T.columns]
+    db = Database(db_url)
+    with db.write() as conn:
+        (root,) = task_store.insert_tasks(conn, [NewTask("n", {"falsy": 0})], T0)
+        (child,) = task_store.insert_tasks(
+            conn,
+            [
+                NewTask(
+                    "n",
+                    {"a": [1, {"b": None}], "s": "é"},
+                    priority=7,
+                    tag="t",
+                    labels={"tenant": "acme"},
+                    key="k1",
+                    max_retries=5,
+                    retry_interval=1.5,
+                    timeout=2.25,
+                    parent_id=root,
+                    root_id=root,
+                    parent_stage=0,
+                )
+            ],
+            T0,
+        )
+        conn.execute(sa.update(T).where(T.c.id == child).values(context=b"\x00ctx", result=[]))
+    with db.write() as conn:
+        claimed = task_store.claim_due(conn, "w1", {"n": 10}, 10, T0 + timedelta(seconds=1))
+    assert {t.id for t in claimed} == {root, child}
+    with db.read() as conn:
+        for t in claimed:
+            assert t == task_store.get(conn, t.id)
