@@ -61,7 +61,8 @@ def event_rows(
             "from_status": s.from_status.value if s.from_status else None,
             "to_status": s.to_status.value if s.to_status else None,
             "message": s.message,
-            "metadata": dict(s.metadata) if s.metadata is not None else None,
+            # the spec's own dict when it is one: events sharing it are encoded once (bulk)
+            "metadata": s.metadata if s.metadata is None or type(s.metadata) is dict else dict(s.metadata),
         }
         for s in specs
     ]

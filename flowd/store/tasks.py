@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,7 +50,9 @@ _RAW_COLUMNS = [
 
 
 # TaskRecord's fields are the table's columns, in the same order (a test checks it)
+@functools.lru_cache(maxsize=1024)
 def _ms(v: Any) -> datetime:
+    # datetimes are immutable; a claim's rows share most of their timestamps
     return from_ms(int(v))
 
 
