@@ -227,7 +227,10 @@ def insert_tasks(conn: sa.Connection, news: Sequence[NewTask], now: datetime) ->
             row["id"] = tid
             if row["root_id"] is None:
                 row["root_id"] = tid
-        conn.execute(_INSERT, rows)
+        if bulk.inserts_raw(conn):
+            bulk.executemany(conn, _INSERT, rows)
+        else:
+            conn.execute(_INSERT, rows)
     else:
         if conn.dialect.insert_executemany_returning_sort_by_parameter_order:
             res = conn.execute(sa.insert(T).returning(T.c.id, sort_by_parameter_order=True), rows)
