@@ -29,13 +29,7 @@ def open_attempts(
             }
             for t in claimed
         ]
-        if bulk.inserts_raw(conn):
-            bulk.executemany(conn, _OPEN, rows)
-        else:
-            conn.execute(_OPEN, rows)
-
-
-_OPEN = sa.insert(A)
+        bulk.insert(conn, A, rows)
 
 
 def close_attempt(
@@ -51,17 +45,17 @@ def close_row(task_id: int, attempt: int, outcome: AttemptOutcome, error: str | 
     return {"c_task": task_id, "c_attempt": attempt, "ended_at": now, "outcome": outcome.value, "error": error}
 
 
-# built once: the statement compiles once and every close reuses it (executemany too)
+# built once: the statement compiles once and every single close reuses it
 _CLOSE = sa.update(A).where(
     A.c.task_id == sa.bindparam("c_task"), A.c.attempt == sa.bindparam("c_attempt"), A.c.ended_at.is_(None)
 )
 
 
 def close_attempts(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> int:
-    """Close many attempts (rows of `close_row`) with one executemany; returns how many closed."""
+    """Close many attempts (rows of `close_row`) in one go (`bulk.update`); returns how many closed."""
     if not rows:
         return 0
-    return bulk.executemany(conn, _CLOSE, rows)
+    return bulk.update(conn, A, rows, match={"c_task": "task_id", "c_attempt": "attempt"}, null=("ended_at",))
 
 
 def to_record(row: Any) -> AttemptRecord:

@@ -1,15 +1,18 @@
-"""executemany without SQLAlchemy's per-row parameter handling: the hot path of claims and ends.
+"""Many rows in one driver call: the hot path of claims, ends and bulk enqueue.
 
-SQLAlchemy checks, orders and converts every row's parameters in Python, about 5 µs a row;
-a claim and an end write six rows a task (two events, the attempt row, the task row, its
-last event, the attempt close). Here a statement is compiled once per dialect and key set,
-each parameter's bind processor (milliseconds, JSON text) is looked up once, and the rows
-go to the driver's executemany as plain tuples or dicts. The SQL is SQLAlchemy's own.
+A claim and an end write six rows a task (two events, the attempt row, the task row, the
+completed event, the attempt close). Two verbs do it, the rows of a call sharing their keys:
 
-Only for INSERTs and UPDATEs whose parameters are plain bound values (no expanding IN).
-On PostgreSQL SQLAlchemy itself turns an INSERT executemany into multi-row VALUES
-batches, which beats the driver's one-statement-per-row executemany: INSERTs there keep
-going through SQLAlchemy.
+* `insert(conn, table, rows)`;
+* `update(conn, table, rows, match=…)`: for each row, UPDATE the row of `table` whose
+  columns equal the row's `match` keys (plus constant conditions), setting its other keys.
+
+Both hand the rows to the driver's executemany (psycopg pipelines them, PyMySQL folds an
+INSERT into multi-row VALUES) with the statement compiled once per key set and the
+columns' own bind processors (milliseconds, JSON text) applied column by column: in
+SQLAlchemy's executemany the per-row checks and conversions in Python cost more than
+SQLite's own insert. (Sending PostgreSQL one array per column and `unnest` was measured
+too: no faster here, the server's per-row work dominates.)
 """
 
 from __future__ import annotations
@@ -22,6 +25,44 @@ from typing import Any
 import sqlalchemy as sa
 
 
+def insert(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert `rows` (all with the same keys) into `table`."""
+    if not rows:
+        return
+    keys = tuple(rows[0])
+    _executemany(conn, ("insert", table.name, keys), lambda: sa.insert(table), rows)
+
+
+def update(
+    conn: sa.Connection,
+    table: sa.Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    match: Mapping[str, str],
+    equal: Mapping[str, Any] | None = None,
+    null: Sequence[str] = (),
+) -> int:
+    """Per row: UPDATE `table` SET (the row's other keys) WHERE column = row[key] for every
+    `match` item (row key → column), column = value for every `equal` item, and column
+    IS NULL for every `null` column. Returns how many rows were updated; keys in `match`
+    must identify one row each."""
+    if not rows:
+        return 0
+    keys = tuple(rows[0])
+    equal = dict(equal or {})
+    spec = ("update", table.name, keys, tuple(match.items()), tuple(equal.items()), tuple(null))
+
+    def build() -> sa.Update:
+        # compiled with the row keys as column keys: SET gets one parameter per other key
+        return sa.update(table).where(
+            *(table.c[col] == sa.bindparam(key) for key, col in match.items()),
+            *(table.c[col] == value for col, value in equal.items()),
+            *(table.c[col].is_(None) for col in null),
+        )
+
+    return _executemany(conn, spec, build, rows)
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     sql: str
@@ -32,15 +73,17 @@ class _Plan:
     processors: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, bind processor)
 
 
-_plans: dict[tuple[int, str, tuple[str, ...]], _Plan] = {}
+# one entry per (statement shape, dialect): as many as the store has call sites and key sets
+_plans: dict[tuple[Any, ...], _Plan] = {}
 
 
-def _plan(conn: sa.Connection, stmt: sa.ClauseElement, keys: tuple[str, ...]) -> _Plan:
+def _plan(conn: sa.Connection, spec: tuple[Any, ...], build: Callable[[], sa.ClauseElement]) -> _Plan:
     dialect = conn.dialect
-    cache_key = (id(stmt), dialect.name, keys)
+    cache_key = (*spec, dialect.name)
     plan = _plans.get(cache_key)
     if plan is None:
-        compiled: Any = stmt.compile(dialect=dialect, column_keys=list(keys))
+        keys = spec[2]
+        compiled: Any = build().compile(dialect=dialect, column_keys=list(keys))
         names = list(compiled.positiontup) if compiled.positional else list(compiled.binds)
         constants: dict[str, Any] = {}
         processors: list[tuple[int, Callable[[Any], Any]]] = []
@@ -55,21 +98,17 @@ def _plan(conn: sa.Connection, stmt: sa.ClauseElement, keys: tuple[str, ...]) ->
                 constants[name] = proc(const) if proc else const
         get = operator.itemgetter(*names) if len(names) > 1 else (lambda row: (row[names[0]],))
         plan = _Plan(str(compiled), bool(compiled.positional), tuple(names), constants, get, tuple(processors))
-        # statements are module-level constants: the cache stays as small as their number
         _plans[cache_key] = plan
     return plan
 
 
-def executemany(conn: sa.Connection, stmt: sa.ClauseElement, rows: Sequence[Mapping[str, Any]]) -> int:
-    """Run `stmt` once per row (all rows have the same keys); returns the driver's rowcount.
-
-    `stmt` must be a long-lived object (a module constant): its compiled form is cached by
-    identity. Raw values go through the columns' own bind processors, as SQLAlchemy would.
-    """
-    if not rows:
-        return 0
-    keys = tuple(rows[0])
-    plan = _plan(conn, stmt, keys)
+def _executemany(
+    conn: sa.Connection,
+    spec: tuple[Any, ...],
+    build: Callable[[], sa.ClauseElement],
+    rows: Sequence[Mapping[str, Any]],
+) -> int:
+    plan = _plan(conn, spec, build)
     constants = plan.constants
     values = [plan.get({**r, **constants}) for r in rows] if constants else [plan.get(r) for r in rows]
     if plan.processors:
@@ -81,8 +120,10 @@ def executemany(conn: sa.Connection, stmt: sa.ClauseElement, rows: Sequence[Mapp
     return int(conn.exec_driver_sql(plan.sql, args).rowcount or 0)
 
 
-def _column(proc: Callable[[Any], Any], values: Sequence[Any]) -> list[Any]:
+def _column(proc: Callable[[Any], Any] | None, values: Sequence[Any]) -> list[Any]:
     """`proc` over one column; a value repeated (the same object: a batch's `now`) converts once."""
+    if proc is None:
+        return list(values)
     out = []
     last: Any = _UNSET
     done: Any = None
@@ -94,8 +135,3 @@ def _column(proc: Callable[[Any], Any], values: Sequence[Any]) -> list[Any]:
 
 
 _UNSET = object()
-
-
-def inserts_raw(conn: sa.Connection) -> bool:
-    """Whether INSERT executemany is faster here than SQLAlchemy's (not on PostgreSQL, see above)."""
-    return conn.dialect.name != "postgresql"

@@ -15,16 +15,11 @@ from flowd.rules.transitions import EventSpec
 from flowd.store import bulk, paging
 from flowd.store.schema import events as E
 
-_INSERT = sa.insert(E)
-
 
 def insert_event_rows(conn: sa.Connection, rows: Sequence[dict[str, Any]], now: datetime) -> None:
     if rows:
         full = [{"worker_id": None, **r, "created_at": now} for r in rows]
-        if bulk.inserts_raw(conn):
-            bulk.executemany(conn, _INSERT, full)
-        else:
-            conn.execute(_INSERT, full)
+        bulk.insert(conn, E, full)
 
 
 def insert_events(

@@ -227,10 +227,7 @@ def insert_tasks(conn: sa.Connection, news: Sequence[NewTask], now: datetime) ->
             row["id"] = tid
             if row["root_id"] is None:
                 row["root_id"] = tid
-        if bulk.inserts_raw(conn):
-            bulk.executemany(conn, _INSERT, rows)
-        else:
-            conn.execute(_INSERT, rows)
+        bulk.insert(conn, T, rows)
     else:
         if conn.dialect.insert_executemany_returning_sort_by_parameter_order:
             res = conn.execute(sa.insert(T).returning(T.c.id, sort_by_parameter_order=True), rows)
@@ -392,14 +389,8 @@ def batchable(tr: Transition) -> bool:
     return tr.fenced and tr.expected == {TaskStatus.RUNNING} and "stage" not in tr.extra
 
 
-# one statement per shape of values, compiled once and run with executemany; the fence
-# parameters are prefixed so they never clash with a column being set
-_FENCED_UPDATE = sa.update(T).where(
-    T.c.id == sa.bindparam("f_id"),
-    T.c.status == TaskStatus.RUNNING.value,
-    T.c.worker_id == sa.bindparam("f_worker"),
-    T.c.attempt == sa.bindparam("f_attempt"),
-)
+# the fence's row keys → the columns they match; prefixed so they never clash with a column set
+_FENCE_KEYS = {"f_id": "id", "f_worker": "worker_id", "f_attempt": "attempt"}
 
 
 def apply_fenced_batch(
@@ -427,7 +418,7 @@ def apply_fenced_batch(
         if tr.close_attempt is not None:
             closes.append(close_row(task.id, task.attempt, tr.close_attempt, tr.attempt_error, now))
     for rows in groups.values():
-        if bulk.executemany(conn, _FENCED_UPDATE, rows) != len(rows):
+        if bulk.update(conn, T, rows, match=_FENCE_KEYS, equal={"status": TaskStatus.RUNNING.value}) != len(rows):
             return False
     insert_event_rows(conn, events, now)
     close_attempts(conn, closes)

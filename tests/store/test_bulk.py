@@ -1,4 +1,4 @@
-"""`bulk.executemany`: SQLAlchemy's SQL and bind processing, the driver's executemany."""
+"""`bulk.insert` / `bulk.update`: the columns' own bind processing, many rows per round trip."""
 
 from __future__ import annotations
 
@@ -14,9 +14,6 @@ from flowd.store.schema import events as E
 from flowd.store.schema import tasks as T
 
 T0 = datetime(2026, 11, 22, 12, 0, 0, 123000, tzinfo=UTC)
-
-_INSERT = sa.insert(E)
-_TAG_IF_PENDING = sa.update(T).where(T.c.id == sa.bindparam("f_id"), T.c.status == "pending")
 
 
 def test_insert__stores_values_as_sqlalchemy_would(db_url: str) -> None:
@@ -39,7 +36,7 @@ def test_insert__stores_values_as_sqlalchemy_would(db_url: str) -> None:
         for i in (1, 2, 3)
     ]
     with db.write() as conn:
-        bulk.executemany(conn, _INSERT, rows)
+        bulk.insert(conn, E, rows)
     with db.read() as conn:
         got = conn.execute(sa.select(E.c.task_id, E.c.metadata, E.c.created_at).order_by(E.c.id)).all()
         raw = conn.execute(sa.text("SELECT created_at FROM flowd_task_events ORDER BY id")).scalars().all()
@@ -53,7 +50,8 @@ def test_update__counts_only_rows_that_still_match_and_keeps_the_statement_const
     with db.write() as conn:
         ids = task_store.insert_tasks(conn, [NewTask("n", {}) for _ in range(3)], T0)
         conn.execute(sa.update(T).where(T.c.id == ids[1]).values(status="running"))
-        count = bulk.executemany(conn, _TAG_IF_PENDING, [{"f_id": i, "tag": f"t{i}"} for i in ids])
+        rows = [{"f_id": i, "tag": f"t{i}"} for i in ids]
+        count = bulk.update(conn, T, rows, match={"f_id": "id"}, equal={"status": "pending"})
     assert count == 2  # the running one no longer matches `status = 'pending'`
     with db.read() as conn:
         tags = dict(conn.execute(sa.select(T.c.id, T.c.tag)).all())
