@@ -95,3 +95,21 @@ def test_claim__decodes_its_rows_as_a_plain_read_does(db_url: str) -> None:
     with db.read() as conn:
         for t in claimed:
             assert t == task_store.get(conn, t.id)
+
+
+def test_insert__many_rows_keep_every_value_whatever_the_path(db_url: str) -> None:
+    """Enough rows for PostgreSQL's COPY path: awkward text, NULLs, bytes and floats survive."""
+    db = Database(db_url)
+    n = bulk.COPY_MIN_ROWS + 5
+    news = [NewTask("n", {"i": i, "s": "tab\there\nnew \\ line é \x01"}, retry_interval=0.25 * i) for i in range(n)]
+    with db.write() as conn:
+        ids = task_store.insert_tasks(conn, news, T0)
+        conn.execute(sa.update(T).where(T.c.id == ids[0]).values(context=b"\x00\\x\t"))
+    with db.read() as conn:
+        got = task_store.get_many(conn, ids)
+        events = conn.execute(sa.select(E.c.task_id, E.c.event_type).order_by(E.c.id)).all()
+    assert [t.payload for t in got] == [new.payload for new in news]
+    assert [t.retry_interval for t in got] == [0.25 * i for i in range(n)]
+    assert [t.root_id for t in got] == ids and all(t.parent_id is None for t in got)
+    assert got[0].context == b"\x00\\x\t"
+    assert [tuple(e) for e in events] == [(tid, "task_created") for tid in ids]
