@@ -416,4 +416,6 @@ def bench_table(docs: list[dict[str, Any]]) -> None:
             _fig(d.get("worker_rss_mb"), " MB"),
             _fig(d.get("worker_idle_cpu_percent"), " %"),
         )
-    console().print(t)
+    # `make bench | tee` and CI logs: a pipe would squeeze the twelve columns to 80
+    wide = None if sys.stdout.isatty() else 160
+    Console(highlight=False, soft_wrap=False, width=wide).print(t)
