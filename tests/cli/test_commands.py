@@ -52,6 +52,7 @@ def test_payload__from_stdin_and_from_file(flowd: Run, tmp_path: Path) -> None:
         ["submit", "echo", "{}", "--bogus"],
         ["cron", "echo", "61 * * * *", "{}"],
         ["cron", "echo", "not a cron", "{}"],
+        ["cron", "echo", "0 0 30 2 *", "{}"],
         ["cron", "echo", "* * * * *", "{}", "--tz", "Mars/Base"],
         ["list", "--status", "nosuch"],
         ["list", "--limit", "0"],
