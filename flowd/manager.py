@@ -5,12 +5,13 @@ The CLI is a thin layer over this class; so is a Python program that embeds flow
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
@@ -69,6 +70,10 @@ def _bad(e: Exception) -> BadInput:
 class TaskManager:
     """Submit, schedule, control and inspect tasks; run a worker in-process with start()."""
 
+    import_output: TextIO | None = None
+    """Where plugin files' import-time output (`print` at module level) goes; None leaves
+    stdout alone. The CLI sets sys.stderr: its stdout carries only the command's output."""
+
     def __init__(
         self,
         settings: Settings | None = None,
@@ -109,7 +114,9 @@ class TaskManager:
             d = Path(self.settings.handlers_dir)
             if d.is_dir():
                 self._loader = PluginLoader(d)
-                base, _changes = self._loader.load()
+                output = self.import_output
+                with contextlib.redirect_stdout(output) if output is not None else contextlib.nullcontext():
+                    base, _changes = self._loader.load()
             elif require_dir:
                 raise BadInput(
                     f"handlers directory {d} does not exist: create it, or pass --handlers / FLOWD_HANDLERS_DIR"
