@@ -149,7 +149,7 @@ class TaskManager:
             log.error("plugins_reload_failed", error=str(e))
             return []
         for path, err in self._loader.new_errors.items():
-            log.error("plugin_load_failed", file=path, error=err)
+            log.error("plugin_load_failed", file=path, error=err, traceback=self._loader.traceback_of(path))
         if changes:
             # one assignment: claims read either the old registry or the new one, never a mix
             self._registry = base
@@ -767,8 +767,10 @@ class TaskManager:
         if reg.errors:
             import structlog
 
+            log = structlog.stdlib.get_logger("flowd.plugins")
             for path, err in reg.errors.items():
-                structlog.stdlib.get_logger("flowd.plugins").error("plugin_load_failed", file=path, error=err)
+                tb = self._loader.traceback_of(path) if self._loader is not None else None
+                log.error("plugin_load_failed", file=path, error=err, traceback=tb)
         if install_signals:
 
             def on_signal(signum: int, _frame: Any) -> None:
