@@ -5,12 +5,13 @@ The CLI is a thin layer over this class; so is a Python program that embeds flow
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
@@ -69,6 +70,10 @@ def _bad(e: Exception) -> BadInput:
 class TaskManager:
     """Submit, schedule, control and inspect tasks; run a worker in-process with start()."""
 
+    import_output: TextIO | None = None
+    """Where plugin files' import-time output (`print` at module level) goes; None leaves
+    stdout alone. The CLI sets sys.stderr: its stdout carries only the command's output."""
+
     def __init__(
         self,
         settings: Settings | None = None,
@@ -109,7 +114,9 @@ class TaskManager:
             d = Path(self.settings.handlers_dir)
             if d.is_dir():
                 self._loader = PluginLoader(d)
-                base, _changes = self._loader.load()
+                output = self.import_output
+                with contextlib.redirect_stdout(output) if output is not None else contextlib.nullcontext():
+                    base, _changes = self._loader.load()
             elif require_dir:
                 raise BadInput(
                     f"handlers directory {d} does not exist: create it, or pass --handlers / FLOWD_HANDLERS_DIR"
@@ -142,7 +149,7 @@ class TaskManager:
             log.error("plugins_reload_failed", error=str(e))
             return []
         for path, err in self._loader.new_errors.items():
-            log.error("plugin_load_failed", file=path, error=err)
+            log.error("plugin_load_failed", file=path, error=err, traceback=self._loader.traceback_of(path))
         if changes:
             # one assignment: claims read either the old registry or the new one, never a mix
             self._registry = base
@@ -760,8 +767,10 @@ class TaskManager:
         if reg.errors:
             import structlog
 
+            log = structlog.stdlib.get_logger("flowd.plugins")
             for path, err in reg.errors.items():
-                structlog.stdlib.get_logger("flowd.plugins").error("plugin_load_failed", file=path, error=err)
+                tb = self._loader.traceback_of(path) if self._loader is not None else None
+                log.error("plugin_load_failed", file=path, error=err, traceback=tb)
         if install_signals:
 
             def on_signal(signum: int, _frame: Any) -> None:

@@ -134,7 +134,14 @@ def on(event: str, *, timeout: float = DEFAULT_HOOK_TIMEOUT) -> Callable[[F], F]
 
 
 class PluginError(Exception):
-    """A plugin file that could not be loaded; the message names the file and line."""
+    """A plugin file that could not be loaded; the message names the file and line.
+
+    `traceback` is the formatted traceback of the import's exception, when there was one.
+    """
+
+    def __init__(self, message: str, traceback: str | None = None) -> None:
+        super().__init__(message)
+        self.traceback = traceback
 
 
 @dataclass(frozen=True)
@@ -240,7 +247,8 @@ def _exec_file(path: Path, source: bytes) -> ModuleType:
         where = next((f"{path}:{fr.lineno}" for fr in reversed(tb) if Path(fr.filename).resolve() == mine), str(path))
         if isinstance(e, SyntaxError):
             where = f"{path}:{e.lineno}"
-        raise PluginError(f"{where}: {type(e).__name__}: {e}") from e
+        tb_text = "".join(traceback.format_exception(e))
+        raise PluginError(f"{where}: {type(e).__name__}: {e}", tb_text) from e
     sys.modules[mod_name] = module
     return module
 
@@ -267,7 +275,7 @@ def _import_file(path: Path, timeout: float | None = None) -> ModuleType:
         err = box["error"]
         if isinstance(err, PluginError):
             raise err
-        raise PluginError(f"{path}: {type(err).__name__}: {err}") from err
+        raise PluginError(f"{path}: {type(err).__name__}: {err}", "".join(traceback.format_exception(err))) from err
     module: ModuleType = box["module"]
     return module
 
@@ -313,6 +321,11 @@ class PluginLoader:
         self._failed: dict[Path, tuple[str, str]] = {}  # path -> (version, error)
         self.new_errors: dict[str, str] = {}
         """The failures the last `load()` found for the first time (log them once)."""
+        self._tracebacks: dict[str, str] = {}
+
+    def traceback_of(self, path: str) -> str | None:
+        """The traceback of the failed import of `path` (a key of the registry's errors)."""
+        return self._tracebacks.get(path)
 
     def load(self) -> tuple[Registry, list[str]]:
         """Scan the directory; returns the registry and what changed (for the log)."""
@@ -329,6 +342,7 @@ class PluginLoader:
             if self._loaded.pop(gone, None) is not None:
                 changes.append(f"removed {gone.name}")
             self._failed.pop(gone, None)
+            self._tracebacks.pop(str(gone), None)
         for path in files:
             try:
                 version = file_version(path, extra)
@@ -342,10 +356,13 @@ class PluginLoader:
             except PluginError as e:
                 self._failed[path] = (version, str(e))
                 self.new_errors[str(path)] = str(e)
+                if e.traceback:
+                    self._tracebacks[str(path)] = e.traceback
                 kept = " (the previous version stays)" if old is not None else ""
                 changes.append(f"failed {path.name}{kept}")
                 continue
             self._failed.pop(path, None)
+            self._tracebacks.pop(str(path), None)
             self._loaded[path] = loaded
             changes.append(f"{'reloaded' if old else 'loaded'} {path.name} @{version}")
         errors = {str(p): err for p, (_v, err) in self._failed.items()}

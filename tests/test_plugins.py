@@ -60,6 +60,19 @@ def test_loader__broken_file_keeps_previous_version_and_reports_line(tmp_path: P
     assert list(loader.new_errors) == [str(tmp_path / "a.py")]
 
 
+def test_loader__a_failed_import_keeps_its_traceback_until_fixed(tmp_path: Path) -> None:
+    path = tmp_path / "a.py"
+    path.write_text("def helper():\n    raise RuntimeError('deep')\n\nhelper()\n")
+    loader = PluginLoader(tmp_path, import_timeout=None)
+    loader.load()
+    tb = loader.traceback_of(str(path))
+    assert tb is not None and tb.startswith("Traceback (most recent call last):")
+    assert "in helper" in tb and "RuntimeError: deep" in tb, tb
+    path.write_text(GOOD.format(v=1))
+    loader.load()
+    assert loader.traceback_of(str(path)) is None
+
+
 def test_loader__a_broken_version_is_reported_once_and_not_retried(tmp_path: Path) -> None:
     (tmp_path / "a.py").write_text("raise RuntimeError('nope')\n")
     loader = PluginLoader(tmp_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -144,7 +146,8 @@ def register(app: typer.Typer) -> None:
         from flowd.cli import render
         from flowd.manager import doctor as run_checks
 
-        doc = run_checks(config, db_url=db)
+        with contextlib.redirect_stdout(sys.stderr):  # plugin import-time prints: not on stdout
+            doc = run_checks(config, db_url=db)
         render.emit_json(doc) if json_ else render.checks(doc)
         if not doc["ok"]:
             raise typer.Exit(1)
@@ -158,7 +161,6 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
     ) -> None:
         """Live dashboard: workers, queue, throughput, running tasks, failures (q quits)."""
-        import sys
 
         m = manager(db, config)
         if json_:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from flowd.clock import truncate
 
@@ -24,6 +24,8 @@ def validate(expr: str) -> str:
     norm = " ".join(fields)
     if not croniter.is_valid(norm, second_at_beginning=len(fields) == 6):
         raise CronError(f"bad cron expression {expr!r}: a field is out of range or malformed")
+    # well-formed but impossible (`0 0 30 2 *`: February has no 30th) is bad input too
+    next_fire(norm, "UTC", datetime(2000, 1, 1, tzinfo=UTC))
     return norm
 
 
@@ -45,7 +47,10 @@ def next_fire(expr: str, tz: str | None, now: datetime) -> datetime:
     z = zone(tz)
     local = now.astimezone(z) if z is not None else now.astimezone()
     it = croniter(expr, local, second_at_beginning=len(expr.split()) == 6)
-    nxt: datetime = it.get_next(datetime)
+    try:
+        nxt: datetime = it.get_next(datetime)
+    except CroniterBadDateError as e:
+        raise CronError(f"bad cron expression {expr!r}: it never fires (no such date)") from e
     return truncate(nxt.astimezone(UTC))
 
 

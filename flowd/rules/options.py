@@ -49,11 +49,11 @@ def check_labels(labels: Mapping[str, Any] | None) -> dict[str, str]:
     return out
 
 
-def _finite(name: str, value: Any) -> float:
+def _finite(name: str, value: Any, unit: str = "a number of seconds") -> float:
     try:
         f = float(value)
     except (TypeError, ValueError) as e:
-        raise InvalidInput(f"{name} must be a number of seconds, not {value!r}") from e
+        raise InvalidInput(f"{name} must be {unit}, not {value!r}") from e
     if not math.isfinite(f):
         raise InvalidInput(f"{name} must be finite")
     return f
@@ -146,7 +146,7 @@ def check_checkpoint_code(code: Any) -> str:
 def check_percent(percent: Any) -> float | None:
     if percent is None:
         return None
-    p = _finite("progress percent", percent)
+    p = _finite("progress percent", percent, "a number from 0 to 100")
     if not 0 <= p <= 100:
         raise InvalidInput(f"progress percent must be between 0 and 100, not {percent!r}")
     return p
@@ -160,7 +160,7 @@ def check_steps(steps: Any) -> dict[str, float]:
     for name, weight in steps.items():
         if not isinstance(name, str) or not name.strip():
             raise InvalidInput(f"bad step name {name!r}")
-        w = _finite(f"weight of step {name!r}", weight)
+        w = _finite(f"weight of step {name!r}", weight, "a positive number")
         if w <= 0:
             raise InvalidInput(f"weight of step {name!r} must be positive, not {weight!r}")
         out[name] = w

@@ -59,7 +59,7 @@ def event_json(e: EventRecord) -> dict[str, Any]:
         "from_status": e.from_status,
         "to_status": e.to_status,
         "message": e.message,
-        "metadata": e.metadata,
+        "metadata": e.metadata if e.metadata is not None else {},
         "created_at": iso(e.created_at),
     }
 

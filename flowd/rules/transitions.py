@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from flowd.clock import after
+from flowd.clock import after, iso
 from flowd.model import AttemptOutcome, EventType, TaskRecord, TaskStatus, TaskType, WorkerRecord, WorkerStatus
 from flowd.rules.cron import next_fire
 
@@ -101,7 +101,7 @@ def succeed(task: TaskRecord, result: Any, now: datetime, *, complete_progress: 
                     S.RUNNING,
                     S.PENDING,
                     "cron run completed; next occurrence scheduled",
-                    {"cron_run": "completed", "next_run_time": nxt.isoformat()},
+                    {"cron_run": "completed", "next_run_time": iso(nxt)},
                 ),
             ),
             close_attempt=AttemptOutcome.COMPLETED,

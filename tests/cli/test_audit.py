@@ -96,6 +96,12 @@ def test_audit_task_json__task_events_and_attempts_pages(flowd: Run, workflow: i
     assert attempts[0]["error"].startswith("ValueError: no good") or "no good" in attempts[0]["error"]
 
 
+def test_audit_task_json__event_metadata_is_always_an_object(flowd: Run, workflow: int) -> None:
+    events = flowd("audit", "task", "2", "--json").json()["events"]["items"]
+    assert "task_completed" in [e["event_type"] for e in events]
+    assert all(isinstance(e["metadata"], dict) for e in events), events  # {} when the event has none
+
+
 def test_audit_task_json__filters_and_pages(flowd: Run, workflow: int) -> None:
     doc = flowd("audit", "task", "4", "--json", "--attempt", "2", "--event-type", "task_failed").json()
     assert [(e["event_type"], e["attempt"]) for e in doc["events"]["items"]] == [("task_failed", 2)]

@@ -17,6 +17,25 @@ def test_submit__prints_the_id_alone(flowd: Run) -> None:
     assert r.code == 0 and r.out == "1\n" and r.err == ""
 
 
+NOISY = """
+print("imported noisy")
+from flowd import handler
+
+@handler("noisy")
+def noisy(task):
+    return None
+"""
+
+
+def test_plugin_import_output__never_reaches_stdout(flowd: Run, tmp_path: Path) -> None:
+    (tmp_path / "handlers" / "noisy.py").write_text(NOISY)
+    r = flowd("submit", "noisy", "{}")
+    assert r.code == 0 and r.out == "1\n" and "imported noisy" in r.err
+    assert flowd("submit", "echo", "{}", "--json").json()["id"] == 2
+    assert flowd("cron", "noisy", "* * * * *", "--json").json()["type"] == "cron"
+    assert flowd("doctor", "--json").json()["checks"]
+
+
 def test_submit_json__prints_one_task_document_with_handler_defaults(flowd: Run) -> None:
     doc = flowd("submit", "echo", '{"x": 1}', "--json", "--tag", "t1", "--label", "tenant=acme").json()
     assert doc["status"] == "pending" and doc["payload"] == {"x": 1}
@@ -52,6 +71,7 @@ def test_payload__from_stdin_and_from_file(flowd: Run, tmp_path: Path) -> None:
         ["submit", "echo", "{}", "--bogus"],
         ["cron", "echo", "61 * * * *", "{}"],
         ["cron", "echo", "not a cron", "{}"],
+        ["cron", "echo", "0 0 30 2 *", "{}"],
         ["cron", "echo", "* * * * *", "{}", "--tz", "Mars/Base"],
         ["list", "--status", "nosuch"],
         ["list", "--limit", "0"],

@@ -115,6 +115,7 @@ def test_broken_edit__keeps_the_last_good_version_and_logs_file_and_line(cli: Cl
     path.write_text(plugin("bad") + "\nthis is not python(\n")
     poll(lambda: "plugin_load_failed" in cli.log_tail(50000), what="load error logged")
     assert "job.py:8" in cli.log_tail(50000)
+    assert "Traceback (most recent call last)" in cli.log_tail(50000), "CONTRACT §3: logged with its traceback"
     tid = api.submit("job", {})
     poll(lambda: api.get_task(tid).status == "completed", what="task ran on the last good version")
     assert api.get_task(tid).result == "good"

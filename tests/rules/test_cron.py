@@ -11,10 +11,16 @@ from hypothesis import strategies as st
 from flowd.rules.cron import CronError, next_fire, validate, zone
 
 
-@pytest.mark.parametrize("expr", ["61 * * * *", "not a cron", "* * * *", "* * * * * * *", "*/0 * * * *", ""])
+@pytest.mark.parametrize(
+    "expr", ["61 * * * *", "not a cron", "* * * *", "* * * * * * *", "*/0 * * * *", "", "0 0 30 2 *", "0 0 0 31 4 *"]
+)
 def test_validate__refuses_bad_expressions(expr: str) -> None:
     with pytest.raises(CronError):
         validate(expr)
+
+
+def test_validate__accepts_a_date_that_exists_only_in_leap_years() -> None:
+    assert validate("0 0 29 2 *") == "0 0 29 2 *"
 
 
 def test_six_fields__seconds_come_first() -> None:

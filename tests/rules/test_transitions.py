@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flowd.clock import iso
 from flowd.model import AttemptOutcome, EventType, TaskId, TaskRecord, TaskStatus, TaskType, WorkerRecord, WorkerStatus
 from flowd.rules import transitions as r
 
@@ -104,6 +105,8 @@ def test_succeed_cron__back_to_pending_at_next_occurrence_with_retry_count_reset
     assert tr.values["retry_count"] == 0 and tr.values["stage"] == 0 and tr.values["context"] is None
     assert tr.close_attempt is AttemptOutcome.COMPLETED
     assert [e.type for e in tr.events] == [EventType.TASK_STATUS_CHANGED]
+    assert tr.events[0].metadata == {"cron_run": "completed", "next_run_time": iso(NOW + timedelta(seconds=10))}
+    assert str(tr.events[0].metadata["next_run_time"]).endswith(".000Z")
     assert not tr.finishes_child
 
 
