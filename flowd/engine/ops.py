@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from flowd.clock import iso
 from flowd.engine import flows
 from flowd.errors import NotFound, TransitionRefused
 from flowd.model import NewTask, TaskId, TaskRecord, TaskStatus
@@ -299,7 +300,7 @@ def sweep_stalled(
         owner = workers_store.get_many(conn, [task.worker_id]).get(task.worker_id)
         if rules.stall_left_to_registry(task.heartbeat_at, owner, timeout, recovering=recovering):
             return None
-        err = f"heartbeat stale since {task.heartbeat_at.isoformat()} (worker {task.worker_id})"
+        err = f"heartbeat stale since {iso(task.heartbeat_at)} (worker {task.worker_id})"
         fence = Fence(task.worker_id, task.attempt)
         ok = finish_in(conn, task, fence, Failure(err, timed_out=True, timeout_type="heartbeat"), now)
         return task if ok else None

@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from flowd.clock import from_ms, to_ms
+from flowd.clock import from_ms, iso, to_ms
 from flowd.model import (
     FINISHED_STATUSES,
     EventType,
@@ -307,7 +307,7 @@ def debounce(conn: sa.Connection, task: TaskRecord, new: NewTask, now: datetime)
     constraints.delete_for(conn, [task.id])
     if new.constraints:
         constraints.register(conn, task.id, new.constraints, now)
-    nxt = (new.next_run_time or now).isoformat()
+    nxt = iso(new.next_run_time or now)
     spec = EventSpec(
         EventType.TASK_UPDATED,
         TaskStatus.PENDING,
