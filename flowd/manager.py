@@ -216,10 +216,9 @@ class TaskManager:
             return dict(spec.options)
         if name not in fleet:
             fleet[name] = self.fleet_handlers(name)
-        served = fleet[name]
-        if served:
-            newest = max(served, key=lambda h: h.published_at)
-            return {k: v for k, v in newest.options.items() if k in (*opt.OPTION_KEYS, "constraints")}
+        options = catalog.newest_options(fleet[name])
+        if options is not None:
+            return options
         if allow_unknown:
             return {}
         known = ", ".join(sorted(set(reg.names()) | {h.name for h in self.fleet_handlers()})) or "none"

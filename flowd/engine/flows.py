@@ -17,8 +17,9 @@ from typing import Any
 import structlog
 
 from flowd.clock import after
-from flowd.model import FlowRecord, NewTask, TaskId, TaskKey, TaskRecord
+from flowd.model import FlowRecord, HandlerRecord, NewTask, TaskId, TaskKey, TaskRecord
 from flowd.plugins import Registry
+from flowd.registry import catalog
 from flowd.rules import constraints as cons
 from flowd.rules import flows as rules
 from flowd.rules import options as opt
@@ -66,14 +67,25 @@ class Resolver:
 
     @classmethod
     def of_registry(
-        cls, registry: Registry, defaults: Mapping[str, Any], groups: Mapping[str, Mapping[str, Any]]
+        cls,
+        registry: Registry,
+        defaults: Mapping[str, Any],
+        groups: Mapping[str, Mapping[str, Any]],
+        fleet: Callable[[str | None], Sequence[HandlerRecord]] | None = None,
     ) -> Resolver:
+        """This worker's handlers first; a name only other live workers serve (`fleet`, the
+        published catalog) resolves with their newest options: a mixed fleet may split work."""
+
         def options_of(name: str) -> Mapping[str, Any]:
             spec = registry.get(name)
-            if spec is None:
-                known = ", ".join(registry.names()) or "none"
+            if spec is not None:
+                return spec.options
+            options = catalog.newest_options(fleet(name)) if fleet is not None else None
+            if options is None:
+                served = {h.name for h in fleet(None)} if fleet is not None else set()
+                known = ", ".join(sorted(set(registry.names()) | served)) or "none"
                 raise opt.InvalidInput(f"no handler named {name!r} (known: {known})")
-            return spec.options
+            return options
 
         return cls(options_of, defaults, groups)
 

@@ -507,7 +507,12 @@ class Worker:
 
     def resolver(self) -> flows.Resolver:
         """Resolves task definitions (children, flow steps) against the current handlers."""
-        return flows.Resolver.of_registry(self.registry, task_defaults(self.settings), self.settings.constraints)
+        return flows.Resolver.of_registry(
+            self.registry,
+            task_defaults(self.settings),
+            self.settings.constraints,
+            fleet=lambda name: catalog.live(self.db, self.clock(), name),
+        )
 
     def _children(self, parent: TaskRecord, subtasks: SubTasks) -> list[NewTask]:
         """Resolve each child def: def > child handler's options > parent's priority > settings."""

@@ -1,11 +1,13 @@
 """Publishing the handlers a worker serves, and reading what the fleet serves.
 
 `flowd handlers` lists the live rows; `flowd submit` falls back on them for a name the
-CLI's own plugin directory does not declare (a CLI on another machine than the workers).
+CLI's own plugin directory does not declare (a CLI on another machine than the workers),
+and so does a worker resolving a child or flow step that other workers serve.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 from flowd.clock import after
 from flowd.model import HandlerRecord
 from flowd.plugins import Registry
+from flowd.rules import options as opt
 from flowd.store import handlers as store
 from flowd.store.db import Database
 
@@ -58,3 +61,11 @@ def live(db: Database, now: datetime, name: str | None = None) -> list[HandlerRe
     """The handlers live workers serve (all, or those of one name)."""
     with db.read() as conn:
         return store.live(conn, now, name)
+
+
+def newest_options(served: Sequence[HandlerRecord]) -> dict[str, Any] | None:
+    """The task options of the newest publication among `served` (one name), None if none."""
+    if not served:
+        return None
+    newest = max(served, key=lambda h: h.published_at)
+    return {k: v for k, v in newest.options.items() if k in (*opt.OPTION_KEYS, "constraints")}

@@ -140,3 +140,54 @@ def test_reload__republishes_the_new_version_and_drops_deleted_files(
     assert [h.name for h in cli.fleet_handlers()] == ["crop"]
     with pytest.raises(BadInput):
         cli.submit("resize", {})
+
+
+FAN = """
+from flowd import SubTasks, handler
+
+@handler("fan")
+def fan(task):
+    if task.stage == 0:
+        return SubTasks([{"name": task.payload["child"], "payload": {"w": 2}}])
+    return [(c["name"], c["status"], c["result"]) for c in task.children()]
+"""
+
+
+def test_children__may_name_a_handler_only_other_workers_serve(
+    fleet: tuple[TaskManager, TaskManager, Path], db_url: str, make_manager: Make, tmp_path: Path
+) -> None:
+    wm, _, _ = fleet
+    resizer = wm.make_worker()
+    resizer.run_once()  # publishes `resize`
+    plugins = tmp_path / "fan-plugins"
+    plugins.mkdir()
+    (plugins / "fan.py").write_text(textwrap.dedent(FAN))
+    fm = make_manager(db_url, handlers_dir=str(plugins))
+    fanner = fm.make_worker()
+    tid = fm.submit("fan", {"child": "resize"})
+    fanner.run_until_idle()
+    assert fm.get_task(tid).status.value == "suspended"
+    (child,) = fm.query_tasks(parent_id=tid).items
+    # resolved with the options the `resize` workers publish
+    assert (child.name, child.timeout, child.max_retries, child.priority) == ("resize", 7.0, 5, 3)
+    resizer.run_until_idle()
+    fanner.run_until_idle()
+    done = fm.get_task(tid)
+    assert done.status.value == "completed" and done.result == [["resize", "completed", "v1"]]
+
+
+def test_children__naming_a_handler_nobody_serves_fail_the_parent_attempt(
+    fleet: tuple[TaskManager, TaskManager, Path], db_url: str, make_manager: Make, tmp_path: Path
+) -> None:
+    wm, _, _ = fleet
+    wm.make_worker().run_once()
+    plugins = tmp_path / "fan-plugins"
+    plugins.mkdir()
+    (plugins / "fan.py").write_text(textwrap.dedent(FAN))
+    fm = make_manager(db_url, handlers_dir=str(plugins))
+    tid = fm.submit("fan", {"child": "nobody"}, max_retries=1)
+    fm.make_worker().run_until_idle()
+    t = fm.get_task(tid)
+    assert t.status.value == "permanently_failed"
+    assert "no handler named 'nobody'" in (t.error or "") and "resize" in (t.error or ""), t.error
+    assert fm.query_tasks(parent_id=tid).total == 0
