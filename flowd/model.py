@@ -316,6 +316,11 @@ class SubTasks:
     def __init__(self, defs: Sequence[Mapping[str, Any]] = (), context: bytes | None = None) -> None:
         if context is not None and not isinstance(context, bytes | bytearray):
             raise TypeError("SubTasks context must be bytes or None")
+        if isinstance(defs, Mapping | str | bytes):
+            raise TypeError("SubTasks takes a list of child definitions like [{'name': 'resize', 'payload': {}}]")
+        for i, d in enumerate(defs):
+            if not isinstance(d, Mapping):
+                raise TypeError(f"SubTasks child {i} must be a mapping with a 'name', not {type(d).__name__}")
         self.defs = [dict(d) for d in defs]
         self.context = bytes(context) if context is not None else None
 
