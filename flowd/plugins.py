@@ -318,14 +318,14 @@ class PluginLoader:
         self.directory = directory
         self.import_timeout = import_timeout
         self._loaded: dict[Path, Loaded] = {}
-        self._failed: dict[Path, tuple[str, str]] = {}  # path -> (version, error)
+        self._failed: dict[Path, tuple[str, PluginError]] = {}  # path -> (version, error)
         self.new_errors: dict[str, str] = {}
         """The failures the last `load()` found for the first time (log them once)."""
-        self._tracebacks: dict[str, str] = {}
 
     def traceback_of(self, path: str) -> str | None:
         """The traceback of the failed import of `path` (a key of the registry's errors)."""
-        return self._tracebacks.get(path)
+        failed = self._failed.get(Path(path))
+        return failed[1].traceback if failed is not None else None
 
     def load(self) -> tuple[Registry, list[str]]:
         """Scan the directory; returns the registry and what changed (for the log)."""
@@ -342,7 +342,6 @@ class PluginLoader:
             if self._loaded.pop(gone, None) is not None:
                 changes.append(f"removed {gone.name}")
             self._failed.pop(gone, None)
-            self._tracebacks.pop(str(gone), None)
         for path in files:
             try:
                 version = file_version(path, extra)
@@ -354,18 +353,15 @@ class PluginLoader:
             try:
                 loaded = load_plugin(path, extra=extra, timeout=self.import_timeout)
             except PluginError as e:
-                self._failed[path] = (version, str(e))
+                self._failed[path] = (version, e)
                 self.new_errors[str(path)] = str(e)
-                if e.traceback:
-                    self._tracebacks[str(path)] = e.traceback
                 kept = " (the previous version stays)" if old is not None else ""
                 changes.append(f"failed {path.name}{kept}")
                 continue
             self._failed.pop(path, None)
-            self._tracebacks.pop(str(path), None)
             self._loaded[path] = loaded
             changes.append(f"{'reloaded' if old else 'loaded'} {path.name} @{version}")
-        errors = {str(p): err for p, (_v, err) in self._failed.items()}
+        errors = {str(p): str(err) for p, (_v, err) in self._failed.items()}
         handlers: dict[str, HandlerSpec] = {}
         hooks: dict[str, list[HookSpec]] = {}
         for path, loaded in sorted(self._loaded.items()):

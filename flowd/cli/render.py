@@ -34,8 +34,8 @@ STATUS_STYLE = {
 }
 
 
-def console() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+def console(width: int | None = None) -> Console:
+    return Console(highlight=False, soft_wrap=False, width=width)
 
 
 def watched() -> bool:
@@ -417,5 +417,4 @@ def bench_table(docs: list[dict[str, Any]]) -> None:
             _fig(d.get("worker_idle_cpu_percent"), " %"),
         )
     # `make bench | tee` and CI logs: a pipe would squeeze the twelve columns to 80
-    wide = None if sys.stdout.isatty() else 160
-    Console(highlight=False, soft_wrap=False, width=wide).print(t)
+    console(None if sys.stdout.isatty() else 160).print(t)

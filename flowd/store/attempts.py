@@ -36,8 +36,7 @@ def close_attempt(
     conn: sa.Connection, task_id: int, attempt: int, outcome: AttemptOutcome, error: str | None, now: datetime
 ) -> bool:
     """Close the attempt once: a closed attempt is never rewritten."""
-    res = conn.execute(_CLOSE, close_row(task_id, attempt, outcome, error, now))
-    return (res.rowcount or 0) == 1
+    return close_attempts(conn, [close_row(task_id, attempt, outcome, error, now)]) == 1
 
 
 def close_row(task_id: int, attempt: int, outcome: AttemptOutcome, error: str | None, now: datetime) -> dict[str, Any]:
@@ -45,14 +44,8 @@ def close_row(task_id: int, attempt: int, outcome: AttemptOutcome, error: str | 
     return {"c_task": task_id, "c_attempt": attempt, "ended_at": now, "outcome": outcome.value, "error": error}
 
 
-# built once: the statement compiles once and every single close reuses it
-_CLOSE = sa.update(A).where(
-    A.c.task_id == sa.bindparam("c_task"), A.c.attempt == sa.bindparam("c_attempt"), A.c.ended_at.is_(None)
-)
-
-
 def close_attempts(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> int:
-    """Close many attempts (rows of `close_row`) in one go (`bulk.update`); returns how many closed."""
+    """Close many attempts (rows of `close_row`), each only if still open; returns how many closed."""
     if not rows:
         return 0
     return bulk.update(conn, A, rows, match={"c_task": "task_id", "c_attempt": "attempt"}, null=("ended_at",))

@@ -33,7 +33,7 @@ def insert(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any
     if conn.dialect.name == "postgresql" and len(rows) >= COPY_MIN_ROWS:
         _copy(conn, table, keys, rows)
         return
-    _executemany(conn, ("insert", table.name, keys), lambda: sa.insert(table), rows)
+    _executemany(conn, ("insert", table.name), keys, lambda: sa.insert(table), rows)
 
 
 # PostgreSQL: from this many rows on, COPY beats the driver's pipelined executemany
@@ -72,7 +72,7 @@ def update(
         return 0
     keys = tuple(rows[0])
     equal = dict(equal or {})
-    spec = ("update", table.name, keys, tuple(match.items()), tuple(equal.items()), tuple(null))
+    spec = ("update", table.name, tuple(match.items()), tuple(equal.items()), tuple(null))
 
     def build() -> sa.Update:
         # compiled with the row keys as column keys: SET gets one parameter per other key
@@ -82,7 +82,7 @@ def update(
             *(table.c[col].is_(None) for col in null),
         )
 
-    return _executemany(conn, spec, build, rows)
+    return _executemany(conn, spec, keys, build, rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +99,13 @@ class _Plan:
 _plans: dict[tuple[Any, ...], _Plan] = {}
 
 
-def _plan(conn: sa.Connection, spec: tuple[Any, ...], build: Callable[[], sa.ClauseElement]) -> _Plan:
+def _plan(
+    conn: sa.Connection, spec: tuple[Any, ...], keys: tuple[str, ...], build: Callable[[], sa.ClauseElement]
+) -> _Plan:
     dialect = conn.dialect
-    cache_key = (*spec, dialect.name)
+    cache_key = (*spec, keys, dialect.name)
     plan = _plans.get(cache_key)
     if plan is None:
-        keys = spec[2]
         compiled: Any = build().compile(dialect=dialect, column_keys=list(keys))
         names = list(compiled.positiontup) if compiled.positional else list(compiled.binds)
         constants: dict[str, Any] = {}
@@ -127,10 +128,11 @@ def _plan(conn: sa.Connection, spec: tuple[Any, ...], build: Callable[[], sa.Cla
 def _executemany(
     conn: sa.Connection,
     spec: tuple[Any, ...],
+    keys: tuple[str, ...],
     build: Callable[[], sa.ClauseElement],
     rows: Sequence[Mapping[str, Any]],
 ) -> int:
-    plan = _plan(conn, spec, build)
+    plan = _plan(conn, spec, keys, build)
     constants = plan.constants
     values = [plan.get({**r, **constants}) for r in rows] if constants else [plan.get(r) for r in rows]
     if plan.processors:

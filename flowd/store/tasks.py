@@ -49,7 +49,6 @@ _RAW_COLUMNS = [
 ]
 
 
-# TaskRecord's fields are the table's columns, in the same order (a test checks it)
 @functools.lru_cache(maxsize=1024)
 def _ms(v: Any) -> datetime:
     # datetimes are immutable; a claim's rows share most of their timestamps
@@ -60,18 +59,34 @@ _DECODE: tuple[tuple[int, Callable[[Any], Any]], ...] = tuple(
     (i, _ms if name in _MILLIS else json.loads) for i, name in enumerate(_COLUMNS) if name in _MILLIS | _JSON
 )
 _INTS = tuple(_COLUMNS.index(n) for n in ("id", "priority", "stage", "retry_count", "max_retries", "attempt"))
+_OPTIONAL_INTS = tuple(_COLUMNS.index(n) for n in ("parent_id", "root_id", "flow_id"))
 _FLOATS = tuple(_COLUMNS.index(n) for n in ("retry_interval", "timeout"))
 _I = {name: _COLUMNS.index(name) for name in ("type", "status", "payload", "labels", "context", "constrained")}
 
 
 def _claimed_record(row: Sequence[Any]) -> TaskRecord:
-    """A row of `_RAW_COLUMNS` → its record, decoded by position: the same as `to_record`."""
+    """A row of `_RAW_COLUMNS` → its record: the stored values decoded by position."""
     v = list(row)
     for i, decode in _DECODE:
         if v[i] is not None:
             v[i] = decode(v[i])
+    return _record(v)
+
+
+def to_record(row: Any) -> TaskRecord:
+    """A row with the task columns by name, already decoded by their column types."""
+    m = row._mapping
+    return _record([m[name] for name in _COLUMNS])
+
+
+def _record(v: list[Any]) -> TaskRecord:
+    """Decoded column values in `_COLUMNS` order → the record. TaskRecord's fields are the
+    table's columns in the same order (a test checks it)."""
     for i in _INTS:
         v[i] = int(v[i])
+    for i in _OPTIONAL_INTS:
+        if v[i] is not None:
+            v[i] = int(v[i])
     for i in _FLOATS:
         v[i] = float(v[i])
     at = _I
@@ -84,51 +99,6 @@ def _claimed_record(row: Sequence[Any]) -> TaskRecord:
         v[at["context"]] = bytes(v[at["context"]])
     v[at["constrained"]] = bool(v[at["constrained"]])
     return TaskRecord(*v)
-
-
-def to_record(row: Any) -> TaskRecord:
-    m = row._mapping
-    return TaskRecord(
-        id=TaskId(int(m["id"])),
-        name=m["name"],
-        type=TaskType(m["type"]),
-        status=TaskStatus(m["status"]),
-        payload=m["payload"] if m["payload"] is not None else {},
-        result=m["result"],
-        error=m["error"],
-        priority=int(m["priority"]),
-        tag=m["tag"],
-        labels=m["labels"] or {},
-        cron_expr=m["cron_expr"],
-        cron_tz=m["cron_tz"],
-        key=m["key"],
-        stage=int(m["stage"]),
-        context=bytes(m["context"]) if m["context"] is not None else None,
-        parent_id=TaskId(int(m["parent_id"])) if m["parent_id"] is not None else None,
-        root_id=TaskId(int(m["root_id"])) if m["root_id"] is not None else None,
-        parent_stage=m["parent_stage"],
-        retry_count=int(m["retry_count"]),
-        max_retries=int(m["max_retries"]),
-        retry_interval=float(m["retry_interval"]),
-        timeout=float(m["timeout"]),
-        next_run_time=m["next_run_time"],
-        worker_id=m["worker_id"],
-        attempt=int(m["attempt"]),
-        started_at=m["started_at"],
-        heartbeat_at=m["heartbeat_at"],
-        current_stage_name=m["current_stage_name"],
-        progress_text=m["progress_text"],
-        progress_percent=m["progress_percent"],
-        last_event_type=m["last_event_type"],
-        last_event_time=m["last_event_time"],
-        created_at=m["created_at"],
-        updated_at=m["updated_at"],
-        flow_id=int(m["flow_id"]) if m["flow_id"] is not None else None,
-        flow_step=m["flow_step"],
-        constrained=bool(m["constrained"]),
-        entity_type=m["entity_type"],
-        entity_id=m["entity_id"],
-    )
 
 
 def _row_values(new: NewTask, now: datetime) -> dict[str, Any]:
