@@ -311,7 +311,7 @@ class TaskManager:
         fleet: dict[str, list[HandlerRecord]] = {}  # one look-up per name, not per item
         # the options resolve the same for every item of a name: only the payloads differ
         templates: dict[str, tuple[NewTask, list[cons.Constraint]]] = {}
-        news: list[NewTask] = []
+        copies: list[task_store.Copy] = []
         for name, payload in items:
             if name not in templates:
                 tpl = self._new_task(name, {}, options, now, fleet)
@@ -323,14 +323,14 @@ class TaskManager:
                 templates[name] = (tpl, groups)
             tpl, groups = templates[name]
             try:
-                p = opt.check_payload(payload)
+                text = opt.payload_json(payload)
             except opt.InvalidInput as e:
                 raise _bad(e) from e
             # constraint keys render from each item's own payload
-            keys = tuple(cons.keys_for(name, p, tpl.labels, groups)) if groups else ()
-            news.append(replace(tpl, payload=p, constraints=keys))
+            keys = tuple(cons.keys_for(name, payload or {}, tpl.labels, groups)) if groups else ()
+            copies.append((tpl, text, keys))
         with self.db.write() as conn:
-            ids = task_store.insert_tasks(conn, news, now)
+            ids = task_store.insert_copies(conn, copies, now)
         self._wake()
         return ids
 

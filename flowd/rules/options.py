@@ -27,13 +27,26 @@ def check_name(name: str) -> str:
 def check_payload(payload: Any) -> dict[str, Any]:
     if payload is None:
         return {}
+    payload_json(payload)
+    checked: dict[str, Any] = payload
+    return checked
+
+
+def payload_json(payload: Any) -> str:
+    """The payload's stored JSON text; refuses what is not a JSON object."""
+    if payload is None:
+        return "{}"
     if not isinstance(payload, dict):
         raise InvalidInput(f"payload must be a JSON object, not {type(payload).__name__}")
     try:
-        json.dumps(payload, allow_nan=False)
+        return dump_json(payload)
     except (TypeError, ValueError) as e:
         raise InvalidInput(f"payload is not JSON-serialisable: {e}") from e
-    return payload
+
+
+def dump_json(value: Any) -> str:
+    """JSON text as flowd stores it: compact, no NaN or infinity."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 def check_labels(labels: Mapping[str, Any] | None) -> dict[str, str]:

@@ -3,7 +3,9 @@
 A claim and an end write six rows a task (two events, the attempt row, the task row, the
 completed event, the attempt close). Two verbs do it, the rows of a call sharing their keys:
 
-* `insert(conn, table, rows)`;
+* `insert(conn, table, rows)`, or `insert_values(conn, table, keys, tuples)` for rows the
+  caller has already put in the driver's form (`to_driver`): a bulk enqueue converts what
+  its tasks share once and builds a tuple a task;
 * `update(conn, table, rows, match=…)`: for each row, UPDATE the row of `table` whose
   columns equal the row's `match` keys (plus constant conditions), setting its other keys.
 
@@ -17,6 +19,7 @@ too: no faster here, the server's per-row work dominates.)
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,27 +33,103 @@ def insert(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any
     if not rows:
         return
     keys = tuple(rows[0])
-    if conn.dialect.name == "postgresql" and len(rows) >= COPY_MIN_ROWS:
-        _copy(conn, table, keys, rows)
+    columns = [_column(processor(conn, table, k), [r[k] for r in rows]) for k in keys]
+    insert_values(conn, table, keys, list(zip(*columns, strict=True)))
+
+
+def processor(conn: sa.Connection, table: sa.Table, key: str) -> Callable[[Any], Any] | None:
+    """The column's bind processor on this connection's dialect (milliseconds, JSON text), if any."""
+    cache_key = (conn.dialect.name, table.name, key)
+    if cache_key not in _processors:
+        _processors[cache_key] = table.c[key].type.bind_processor(conn.dialect)
+    return _processors[cache_key]
+
+
+_processors: dict[tuple[str, str, str], Callable[[Any], Any] | None] = {}
+
+
+def to_driver(conn: sa.Connection, table: sa.Table, row: Mapping[str, Any]) -> dict[str, Any]:
+    """`row` with every value in the driver's form (what `insert_values` takes)."""
+    out = dict(row)
+    for k, v in out.items():
+        proc = processor(conn, table, k)
+        if proc is not None:
+            out[k] = proc(v)
+    return out
+
+
+def insert_values(conn: sa.Connection, table: sa.Table, keys: tuple[str, ...], values: Sequence[Sequence[Any]]) -> None:
+    """Insert rows given as value tuples in `keys` order, already in the driver's form
+    (`to_driver`, `processor`): the caller converts what a batch shares once, not per row."""
+    if not values:
         return
-    _executemany(conn, ("insert", table.name), keys, lambda: sa.insert(table), rows)
+    if conn.dialect.name == "postgresql" and len(values) >= COPY_MIN_ROWS:
+        _copy(conn, table, keys, values)
+        return
+    conn.exec_driver_sql(_insert_sql(conn, table, keys), list(values))
+
+
+def insert_values_returning_ids(
+    conn: sa.Connection, table: sa.Table, keys: tuple[str, ...], values: Sequence[Sequence[Any]]
+) -> list[int]:
+    """`insert_values` that returns the new rows' ids in row order, for databases that cannot
+    hand out ids before the insert (MySQL/MariaDB): multi-row INSERT … RETURNING where the
+    database has it (SQLAlchemy's insertmanyvalues), else one INSERT and its lastrowid a row."""
+    if conn.dialect.insert_executemany_returning_sort_by_parameter_order:
+        raw = _raw_table(table)
+        stmt = sa.insert(raw).returning(raw.c.id, sort_by_parameter_order=True)
+        return [int(r[0]) for r in conn.execute(stmt, [dict(zip(keys, v, strict=True)) for v in values])]
+    sql = _insert_sql(conn, table, keys)
+    return [int(conn.exec_driver_sql(sql, tuple(v)).lastrowid) for v in values]
+
+
+def _insert_sql(conn: sa.Connection, table: sa.Table, keys: tuple[str, ...]) -> str:
+    cache_key = ("insert", table.name, keys, conn.dialect.name)
+    sql = _statements.get(cache_key)
+    if sql is None:
+        prep = conn.dialect.identifier_preparer
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        sql = (
+            f"INSERT INTO {prep.format_table(table)} ({', '.join(prep.quote(k) for k in keys)}) "
+            f"VALUES ({', '.join([mark] * len(keys))})"
+        )
+        _statements[cache_key] = sql
+    return sql
+
+
+_statements: dict[tuple[Any, ...], str] = {}
+
+
+@functools.cache
+def _raw_table(table: sa.Table) -> sa.Table:
+    """`table` with its columns' plain storage types: values pass to the driver as they are."""
+    return sa.Table(
+        table.name,
+        sa.MetaData(),
+        *(
+            sa.Column(
+                c.name,
+                c.type.impl_instance if isinstance(c.type, sa.TypeDecorator) else c.type,
+                primary_key=c.primary_key,
+            )
+            for c in table.columns
+        ),
+    )
 
 
 # PostgreSQL: from this many rows on, COPY beats the driver's pipelined executemany
 COPY_MIN_ROWS = 20
 
 
-def _copy(conn: sa.Connection, table: sa.Table, keys: tuple[str, ...], rows: Sequence[Mapping[str, Any]]) -> None:
+def _copy(conn: sa.Connection, table: sa.Table, keys: tuple[str, ...], values: Sequence[Sequence[Any]]) -> None:
     """COPY … FROM STDIN in the connection's transaction (psycopg)."""
-    dialect = conn.dialect
-    q = dialect.identifier_preparer.quote
-    columns = [_column(table.c[k].type.bind_processor(dialect), [r[k] for r in rows]) for k in keys]
-    sql = f"COPY {dialect.identifier_preparer.format_table(table)} ({', '.join(q(k) for k in keys)}) FROM STDIN"
+    q = conn.dialect.identifier_preparer.quote
+    sql = f"COPY {conn.dialect.identifier_preparer.format_table(table)} ({', '.join(q(k) for k in keys)}) FROM STDIN"
     cursor: Any = conn.connection.cursor()
     try:
         with cursor.copy(sql) as copy:
-            for values in zip(*columns, strict=True):
-                copy.write_row(values)
+            for row in values:
+                copy.write_row(row)
     finally:
         cursor.close()
 

@@ -18,17 +18,20 @@ from flowd.model import (
     NewTask,
     Page,
     TaskId,
+    TaskKey,
     TaskNode,
     TaskRecord,
     TaskStatus,
     TaskType,
     WorkerStatus,
 )
+from flowd.rules.options import payload_json
 from flowd.rules.transitions import EventSpec, Transition
 from flowd.store import bulk, constraints, entities, paging, wakeup
 from flowd.store.attempts import close_attempt, close_attempts, close_row
 from flowd.store.events import event_rows, insert_event_rows, insert_events
 from flowd.store.schema import JsonText, Millis
+from flowd.store.schema import events as E
 from flowd.store.schema import tasks as T
 from flowd.store.schema import workers as W
 
@@ -101,12 +104,12 @@ def _record(v: list[Any]) -> TaskRecord:
     return TaskRecord(*v)
 
 
-def _row_values(new: NewTask, now: datetime) -> dict[str, Any]:
+def _template_values(new: NewTask, now: datetime) -> dict[str, Any]:
+    """The columns a task made from template `new` shares with the template's other tasks."""
     return {
         "name": new.name,
         "type": new.type.value,
         "status": TaskStatus.PENDING.value,
-        "payload": new.payload,
         "priority": new.priority,
         "tag": new.tag,
         "labels": dict(new.labels) or None,
@@ -115,11 +118,9 @@ def _row_values(new: NewTask, now: datetime) -> dict[str, Any]:
         "key": new.key,
         "stage": 0,
         "parent_id": new.parent_id,
-        "root_id": new.root_id,
         "parent_stage": new.parent_stage,
         "flow_id": new.flow_id,
         "flow_step": new.flow_step,
-        "constrained": bool(new.constraints),
         "entity_type": new.entity[0] if new.entity else None,
         "entity_id": new.entity[1] if new.entity else None,
         "retry_count": 0,
@@ -135,7 +136,8 @@ def _row_values(new: NewTask, now: datetime) -> dict[str, Any]:
     }
 
 
-def _created_event(task_id: TaskId, new: NewTask, root_id: TaskId) -> dict[str, Any]:
+def _created_event(new: NewTask, now: datetime) -> dict[str, Any]:
+    """The `task_created` event of a task made from template `new`, but its task and root ids."""
     meta: dict[str, Any] = {"type": new.type.value, "priority": new.priority}
     if new.cron_expr:
         meta["cron_expr"] = new.cron_expr
@@ -145,16 +147,16 @@ def _created_event(task_id: TaskId, new: NewTask, root_id: TaskId) -> dict[str, 
         meta["flow_id"] = new.flow_id
         meta["flow_step"] = new.flow_step
     return {
-        "task_id": task_id,
-        "root_id": root_id,
         "parent_id": new.parent_id,
         "event_type": "task_created",
+        "worker_id": None,
         "attempt": 0,
         "stage": 0,
         "from_status": None,
         "to_status": TaskStatus.PENDING.value,
         "message": f"{new.type.value} task {new.name} created",
         "metadata": meta,
+        "created_at": now,
     }
 
 
@@ -175,53 +177,68 @@ def _reserve_ids(conn: sa.Connection, n: int) -> list[TaskId] | None:
 
 
 # built once: SQLAlchemy then goes straight to its compiled-statement cache
-_INSERT = sa.insert(T)
 _MAX_ID = sa.select(sa.func.coalesce(sa.func.max(T.c.id), 0))
 _NEXT_IDS = sa.text(f"SELECT nextval(pg_get_serial_sequence('{T.name}', 'id')) FROM generate_series(1, :n)")
 
+# an inserted task row: the columns of its own first, then its template's (in dict order)
+_OWN_KEYS = ("id", "root_id", "payload", "constrained")
+_TASK_KEYS = _OWN_KEYS + tuple(_template_values(NewTask(name="x", payload={}), from_ms(0)))
+_EVENT_KEYS = ("task_id", "root_id", *_created_event(NewTask(name="x", payload={}), from_ms(0)))
+
+# (template, payload JSON text, constraint keys): one task made from a template whose own
+# payload and constraints it replaces
+Copy = tuple[NewTask, str, tuple[TaskKey, ...]]
+
 
 def insert_tasks(conn: sa.Connection, news: Sequence[NewTask], now: datetime) -> list[TaskId]:
-    """Insert tasks with their `task_created` events; a root task's root_id is its own id.
+    """Insert tasks with their `task_created` events; a root task's root_id is its own id."""
+    return insert_copies(conn, [(new, payload_json(new.payload), new.constraints) for new in news], now)
 
-    Bulk by design. SQLite and PostgreSQL: ids reserved up front, then one executemany
-    INSERT of the tasks (root_id already set) and one of the events. Elsewhere: multi-row
-    INSERT … RETURNING id (SQLAlchemy's insertmanyvalues, ids in parameter order) where the
-    database has it, then one root_id UPDATE per chunk of roots, not per row.
+
+def insert_copies(conn: sa.Connection, copies: Sequence[Copy], now: datetime) -> list[TaskId]:
+    """Insert the tasks `copies` describe, in order, with their `task_created` events.
+
+    Bulk by design: what the tasks of one template share (every column but the id, the
+    payload and the constraint flag, and the event but its ids) is converted to the
+    driver's form once per template, so a task costs a tuple. SQLite and PostgreSQL: ids
+    reserved up front, then one executemany INSERT (COPY on PostgreSQL) of the tasks with
+    root_id already set and one of the events. MySQL/MariaDB: the ids come back from the
+    INSERT and the roots' root_id is set by one UPDATE per thousand.
     """
-    if not news:
+    if not copies:
         return []
-    rows = [_row_values(new, now) for new in news]
-    ids = _reserve_ids(conn, len(rows))
+    flag = bulk.processor(conn, T, "constrained") or bool
+    own_flag = (flag(False), flag(True))
+    templates = {id(tpl): tpl for tpl, _, _ in copies}
+    shared: dict[int, tuple[tuple[Any, ...], tuple[Any, ...]]] = {}  # id(template) → its task and event values
+    for key, tpl in templates.items():
+        task = bulk.to_driver(conn, T, _template_values(tpl, now))
+        event = bulk.to_driver(conn, E, _created_event(tpl, now))
+        shared[key] = (tuple(task.values()), tuple(event.values()))
+    ids = _reserve_ids(conn, len(copies))
     if ids is not None:
-        for row, tid in zip(rows, ids, strict=True):
-            row["id"] = tid
-            if row["root_id"] is None:
-                row["root_id"] = tid
-        bulk.insert(conn, T, rows)
+        rows = []
+        for tid, (tpl, payload, keys) in zip(ids, copies, strict=True):
+            root = tpl.root_id if tpl.root_id is not None else tid
+            rows.append((tid, root, payload, own_flag[bool(keys)], *shared[id(tpl)][0]))
+        bulk.insert_values(conn, T, _TASK_KEYS, rows)
     else:
-        if conn.dialect.insert_executemany_returning_sort_by_parameter_order:
-            res = conn.execute(sa.insert(T).returning(T.c.id, sort_by_parameter_order=True), rows)
-            ids = [TaskId(int(r[0])) for r in res.all()]
-        else:
-            ids = []
-            for row in rows:
-                pk = conn.execute(_INSERT, row).inserted_primary_key
-                assert pk is not None
-                ids.append(TaskId(int(pk[0])))
-        roots = [tid for tid, new in zip(ids, news, strict=True) if new.root_id is None]
+        rows = [
+            (None, tpl.root_id, payload, own_flag[bool(keys)], *shared[id(tpl)][0]) for tpl, payload, keys in copies
+        ]
+        ids = [TaskId(i) for i in bulk.insert_values_returning_ids(conn, T, _TASK_KEYS[1:], [r[1:] for r in rows])]
+        roots = [tid for tid, (tpl, _, _) in zip(ids, copies, strict=True) if tpl.root_id is None]
         for i in range(0, len(roots), 1000):
             conn.execute(sa.update(T).where(T.c.id.in_(roots[i : i + 1000])).values(root_id=T.c.id))
-    for tid, new in zip(ids, news, strict=True):
-        if new.constraints:
-            constraints.register(conn, tid, new.constraints, now)
-        if new.entity is not None:
-            entities.created(conn, tid, new, now)
-    events = [
-        _created_event(tid, new, new.root_id if new.root_id is not None else tid)
-        for tid, new in zip(ids, news, strict=True)
-    ]
-    insert_event_rows(conn, events, now)
-    if any(n.next_run_time is None or n.next_run_time <= now for n in news):
+    events = []
+    for tid, (tpl, _, keys) in zip(ids, copies, strict=True):
+        if keys:
+            constraints.register(conn, tid, keys, now)
+        if tpl.entity is not None:
+            entities.created(conn, tid, tpl, now)
+        events.append((tid, tpl.root_id if tpl.root_id is not None else tid, *shared[id(tpl)][1]))
+    bulk.insert_values(conn, E, _EVENT_KEYS, events)
+    if any(tpl.next_run_time is None or tpl.next_run_time <= now for tpl in templates.values()):
         wakeup.notify(conn)
     return ids
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from flowd.errors import BadInput
 from flowd.manager import TaskManager
 from flowd.model import TaskStatus
 from tests.engine.conftest import drain, event_types, outcomes
@@ -27,6 +28,22 @@ def test_submit__runs_once_and_writes_result_event_and_attempt(mgr: TaskManager)
     assert outcomes(mgr, tid) == ["completed"]
     assert event_types(mgr, tid) == ["task_created", "task_claimed", "task_started", "task_completed"]
     assert t.last_event_type == "task_completed"
+
+
+def test_submit_many__runs_every_item_in_order_and_refuses_a_bad_one_whole(mgr: TaskManager) -> None:
+    seen: list[tuple[str, Any]] = []
+    mgr.use("a", lambda t: seen.append(("a", t.payload["i"])))
+    mgr.use("b", lambda t: seen.append(("b", t.payload["i"])))
+    with pytest.raises(BadInput, match="not JSON-serialisable"):
+        mgr.submit_many([("a", {"i": 0}), ("b", {"i": object()})])
+    assert mgr.query_tasks().items == []  # nothing of the refused batch was written
+    ids = mgr.submit_many([("a" if i % 2 else "b", {"i": i}) for i in range(6)], priority=2)
+    assert ids == sorted(ids)
+    drain(mgr)
+    assert sorted(seen, key=lambda s: s[1]) == [("a" if i % 2 else "b", i) for i in range(6)]
+    for i, tid in enumerate(ids):
+        t = mgr.get_task(tid)
+        assert (t.name, t.payload, t.priority, t.status) == ("a" if i % 2 else "b", {"i": i}, 2, TaskStatus.COMPLETED)
 
 
 @pytest.mark.parametrize("value", [0, False, "", [], {}, None, 0.5, "text"])

@@ -113,3 +113,46 @@ def test_insert__many_rows_keep_every_value_whatever_the_path(db_url: str) -> No
     assert [t.root_id for t in got] == ids and all(t.parent_id is None for t in got)
     assert got[0].context == b"\x00\\x\t"
     assert [tuple(e) for e in events] == [(tid, "task_created") for tid in ids]
+
+
+def test_insert_copies__interleaved_templates_keep_item_order_and_their_own_columns(db_url: str) -> None:
+    """Tasks made from two templates, alternating: ids in item order, each row its template's."""
+    db = Database(db_url)
+    with db.write() as conn:
+        (parent,) = task_store.insert_tasks(conn, [NewTask("p", {})], T0)
+    a = NewTask("a", {"ignored": 1}, priority=3, tag="ta", labels={"k": "v"}, timeout=5.0)
+    b = NewTask("b", {}, parent_id=parent, root_id=parent, parent_stage=0, next_run_time=T0 + timedelta(hours=1))
+    n = bulk.COPY_MIN_ROWS + 3
+    copies = [(a if i % 2 else b, f'{{"i":{i}}}', ()) for i in range(n)]
+    with db.write() as conn:
+        ids = task_store.insert_copies(conn, copies, T0)
+    assert ids == sorted(ids) and len(set(ids)) == n
+    with db.read() as conn:
+        got = task_store.get_many(conn, ids)
+        events = conn.execute(
+            sa.select(E.c.task_id, E.c.root_id, E.c.parent_id, E.c.metadata)
+            .where(E.c.task_id.in_(ids))
+            .order_by(E.c.id)
+        ).all()
+    by_id = {t.id: t for t in got}
+    for i, tid in enumerate(ids):
+        t = by_id[tid]
+        assert t.payload == {"i": i}
+        if i % 2:
+            assert (t.name, t.priority, t.tag, t.labels, t.timeout, t.root_id, t.parent_id) == (
+                "a",
+                3,
+                "ta",
+                {"k": "v"},
+                5.0,
+                tid,
+                None,
+            )
+            assert t.next_run_time == T0
+        else:
+            assert (t.name, t.root_id, t.parent_id, t.parent_stage) == ("b", parent, parent, 0)
+            assert t.next_run_time == T0 + timedelta(hours=1)
+    assert [(e.task_id, e.root_id, e.parent_id) for e in events] == [
+        (tid, tid if i % 2 else parent, None if i % 2 else parent) for i, tid in enumerate(ids)
+    ]
+    assert events[0].metadata == {"type": "async", "priority": 0, "parent_stage": 0}
