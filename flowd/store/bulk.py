@@ -13,8 +13,9 @@ Both hand the rows to the driver's executemany (psycopg pipelines them, PyMySQL 
 INSERT into multi-row VALUES) with the statement compiled once per key set and the
 columns' own bind processors (milliseconds, JSON text) applied column by column: in
 SQLAlchemy's executemany the per-row checks and conversions in Python cost more than
-SQLite's own insert. (Sending PostgreSQL one array per column and `unnest` was measured
-too: no faster here, the server's per-row work dominates.)
+SQLite's own insert. PostgreSQL takes a large batch differently: inserts as COPY, updates as
+one `UPDATE … FROM unnest(arrays)` (a statement a batch, not a row: +25 % processed tasks/s
+with two workers sharing the machine's two cores with the server).
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def _raw_table(table: sa.Table) -> sa.Table:
     )
 
 
-# PostgreSQL: from this many rows on, COPY beats the driver's pipelined executemany
+# PostgreSQL: from this many rows on, COPY (inserts) and unnest (updates) beat the pipelined executemany
 COPY_MIN_ROWS = 20
 
 
@@ -151,6 +152,8 @@ def update(
         return 0
     keys = tuple(rows[0])
     equal = dict(equal or {})
+    if conn.dialect.name == "postgresql" and len(rows) >= COPY_MIN_ROWS:
+        return _update_from_arrays(conn, table, keys, rows, match, equal, null)
     spec = ("update", table.name, tuple(match.items()), tuple(equal.items()), tuple(null))
 
     def build() -> sa.Update:
@@ -162,6 +165,46 @@ def update(
         )
 
     return _executemany(conn, spec, keys, build, rows)
+
+
+def _update_from_arrays(
+    conn: sa.Connection,
+    table: sa.Table,
+    keys: tuple[str, ...],
+    rows: Sequence[Mapping[str, Any]],
+    match: Mapping[str, str],
+    equal: Mapping[str, Any],
+    null: Sequence[str],
+) -> int:
+    """PostgreSQL: `update` as one statement, `UPDATE … FROM unnest(one array a key)`.
+
+    The server plans and starts one statement instead of one a row, and the client sends
+    a few arrays instead of a pipelined statement a row. The count is of the rows updated,
+    as with executemany (a row matched twice would count once: keys identify one row each).
+    """
+    dialect = conn.dialect
+    cache_key = ("unnest", table.name, keys, tuple(match.items()), tuple(equal), tuple(null))
+    sql = _statements.get(cache_key)
+    columns = {k: table.c[match.get(k, k)] for k in keys}
+    if sql is None:
+        prep = dialect.identifier_preparer
+        name = prep.format_table(table)
+        alias = {k: f"v{i}" for i, k in enumerate(keys)}
+        arrays = ", ".join(f"%s::{columns[k].type.compile(dialect)}[]" for k in keys)
+        sets = ", ".join(f"{prep.quote(k)} = v.{alias[k]}" for k in keys if k not in match)
+        where = [f"{name}.{prep.quote(col)} = v.{alias[k]}" for k, col in match.items()]
+        where += [f"{name}.{prep.quote(col)} = %s" for col in equal]
+        where += [f"{name}.{prep.quote(col)} IS NULL" for col in null]
+        sql = (
+            f"UPDATE {name} SET {sets} FROM unnest({arrays}) AS v({', '.join(alias.values())}) "
+            f"WHERE {' AND '.join(where)}"
+        )
+        _statements[cache_key] = sql
+    params: list[Any] = [_column(processor(conn, table, match.get(k, k)), [r[k] for r in rows]) for k in keys]
+    for col, value in equal.items():
+        proc = processor(conn, table, col)
+        params.append(proc(value) if proc else value)
+    return int(conn.exec_driver_sql(sql, tuple(params)).rowcount or 0)
 
 
 @dataclass(frozen=True, slots=True)

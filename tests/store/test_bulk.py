@@ -156,3 +156,35 @@ def test_insert_copies__interleaved_templates_keep_item_order_and_their_own_colu
         (tid, tid if i % 2 else parent, None if i % 2 else parent) for i, tid in enumerate(ids)
     ]
     assert events[0].metadata == {"type": "async", "priority": 0, "parent_stage": 0}
+
+
+def test_update__many_rows_one_statement_counts_and_converts_like_executemany(db_url: str) -> None:
+    """Enough rows for PostgreSQL's one-statement path: the count, NULLs, JSON, ints in a float column."""
+    db = Database(db_url)
+    n = bulk.COPY_MIN_ROWS + 5
+    with db.write() as conn:
+        ids = task_store.insert_tasks(conn, [NewTask("n", {}) for _ in range(n)], T0)
+        conn.execute(sa.update(T).where(T.c.id == ids[3]).values(status="running"))
+        rows = [
+            {
+                "f_id": tid,
+                "result": {"i": i, "s": "é\\t"} if i % 2 else None,
+                "progress_percent": i if i % 3 else 0.5,  # ints and floats in one float column
+                "error": None if i % 2 else f"e{i}",
+                "updated_at": T0 + timedelta(seconds=i),
+            }
+            for i, tid in enumerate(ids)
+        ]
+        count = bulk.update(conn, T, rows, match={"f_id": "id"}, equal={"status": "pending"})
+    assert count == n - 1  # the running one no longer matches `status = 'pending'`
+    with db.read() as conn:
+        got = {t.id: t for t in task_store.get_many(conn, ids)}
+    for i, tid in enumerate(ids):
+        t = got[tid]
+        if i == 3:
+            assert (t.result, t.error, t.progress_percent, t.updated_at) == (None, None, None, T0)
+            continue
+        assert t.result == ({"i": i, "s": "é\\t"} if i % 2 else None)
+        assert t.progress_percent == (float(i) if i % 3 else 0.5)
+        assert t.error == (None if i % 2 else f"e{i}")
+        assert t.updated_at == T0 + timedelta(seconds=i)
