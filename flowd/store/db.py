@@ -322,13 +322,16 @@ class Database:
 
     def listen(self, wake: Callable[[], None]) -> Any:
         """Start a thread that calls `wake` on new work: LISTEN (PostgreSQL), a watch on the
-        database file (SQLite); None where only polling works (MySQL, in-memory SQLite)."""
+        database file (SQLite), a probe of the newest pending task (MySQL/MariaDB); None
+        where only polling works (in-memory SQLite)."""
         from flowd.store import wakeup
 
         if self.dialect == "postgresql":
             return wakeup.Listener(self.url, wake).start()
         if self.sqlite_file is not None:
             return wakeup.FileWatcher(self.sqlite_file, wake).start()
+        if not self.is_sqlite:
+            return wakeup.Prober(self.engine, wake).start()
         return None
 
     def dispose(self) -> None:

@@ -1,4 +1,4 @@
-"""Cross-process wake-ups: PostgreSQL LISTEN/NOTIFY, SQLite a watch on the file; MySQL polls.
+"""Cross-process wake-ups: PostgreSQL LISTEN/NOTIFY, SQLite a watch on the file, MySQL a probe.
 
 A submit (or any change that makes a task due now) sends `NOTIFY flowd_tasks` inside its
 transaction, so the notification is delivered at commit — never before the row is visible.
@@ -9,6 +9,10 @@ poll interval stays the fallback.
 SQLite has no notifications, but in WAL mode every commit writes to the `-wal` file: a
 thread that stats the files every few milliseconds (no database access, no lock) sees
 another process's commit within that interval, at a negligible cost in CPU.
+
+MySQL/MariaDB have neither: a thread asks the server every few tens of milliseconds for the
+newest pending task's `updated_at` and the highest task id (two index look-ups, no table
+scan). A submit, a retry or a resume changes one of them; the worker then claims at once.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
@@ -109,3 +114,57 @@ class FileWatcher:
             if stamp != last:
                 last = stamp
                 self._wake()
+
+
+# how often a MySQL worker asks whether a task became pending: the idle submit→start latency
+PROBE_INTERVAL = 0.05
+
+
+def _stamp_query() -> sa.Select[Any]:
+    from flowd.store.schema import tasks as T
+
+    # each answered from an index alone: (status, updated_at) and the primary key
+    newest_pending = sa.select(sa.func.max(T.c.updated_at)).where(T.c.status == "pending").scalar_subquery()
+    newest_id = sa.select(sa.func.max(T.c.id)).scalar_subquery()
+    return sa.select(newest_pending, newest_id)
+
+
+class Prober:
+    """A daemon thread that calls `wake` when the newest pending task or task id changes (MySQL)."""
+
+    def __init__(self, engine: sa.Engine, wake: Callable[[], None], *, interval: float = PROBE_INTERVAL) -> None:
+        self._engine = engine
+        self._wake = wake
+        self._interval = interval
+        self._stop = threading.Event()
+        self._sql = str(_stamp_query().compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+        self._thread = threading.Thread(target=self._run, name="flowd-probe", daemon=True)
+
+    def start(self) -> Prober:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        last: tuple[Any, ...] | None = None
+        conn: sa.Connection | None = None
+        while not self._stop.wait(self._interval):
+            try:
+                # one connection kept for the probe, in autocommit (each probe sees the latest
+                # commits) and the statement compiled once: a round trip a probe, little else
+                if conn is None:
+                    conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                stamp = tuple(conn.exec_driver_sql(self._sql).one())
+            except Exception as e:  # the worker's own loop reports an unreachable database
+                if conn is not None:
+                    log.warning("wakeup_probe_failed", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+                    conn.invalidate()
+                    conn = None
+                continue
+            if last is not None and stamp != last:
+                self._wake()
+            last = stamp
+        if conn is not None:
+            conn.close()

@@ -1,5 +1,5 @@
 """A submit from another process wakes an idle worker at once: PostgreSQL LISTEN/NOTIFY,
-SQLite a watch on the database file."""
+SQLite a watch on the database file, MySQL/MariaDB a probe of the newest pending task."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def echo(task):
 """
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres", "mysql"])
 def test_wakeup__wakes_a_worker_whose_poll_interval_is_long(kind: str, tmp_path: Path) -> None:
     gen = fresh_database(kind, tmp_path)  # skips postgres when its URL is unset
     url = next(gen)
