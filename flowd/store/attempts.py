@@ -24,12 +24,11 @@ def open_attempts(
                 "attempt": t.attempt,
                 "stage": t.stage,
                 "worker_id": t.worker_id,
-                "started_at": now,
                 "handler_version": (versions or {}).get(t.name),
             }
             for t in claimed
         ]
-        bulk.insert(conn, A, rows)
+        bulk.insert(conn, A, rows, {"started_at": now})
 
 
 def close_attempt(

@@ -29,12 +29,18 @@ from typing import Any
 import sqlalchemy as sa
 
 
-def insert(conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert `rows` (all with the same keys) into `table`."""
+def insert(
+    conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], same: Mapping[str, Any] | None = None
+) -> None:
+    """Insert `rows` (all with the same keys) into `table`, each with the values of `same` too."""
     if not rows:
         return
     keys = tuple(rows[0])
     columns = [_column(processor(conn, table, k), [r[k] for r in rows]) for k in keys]
+    for k, v in (same or {}).items():
+        proc = processor(conn, table, k)
+        keys += (k,)
+        columns.append([proc(v) if proc else v] * len(rows))
     insert_values(conn, table, keys, list(zip(*columns, strict=True)))
 
 

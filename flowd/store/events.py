@@ -17,9 +17,8 @@ from flowd.store.schema import events as E
 
 
 def insert_event_rows(conn: sa.Connection, rows: Sequence[dict[str, Any]], now: datetime) -> None:
-    if rows:
-        full = [{"worker_id": None, **r, "created_at": now} for r in rows]
-        bulk.insert(conn, E, full)
+    """Insert rows of `event_rows`, all created `now`."""
+    bulk.insert(conn, E, rows, {"created_at": now})
 
 
 def insert_events(
