@@ -13,13 +13,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-import structlog
-
 from flowd.audit import retention as retention_mod
 from flowd.audit import views
 from flowd.clock import after, iso, utcnow
 from flowd.engine import flows, ops
 from flowd.errors import BadInput, DatabaseUnavailable, FlowdError, NotFound
+from flowd.logging import get_logger
 from flowd.model import EventType, HandlerRecord, NewTask, Page, TaskId, TaskRecord, TaskType
 from flowd.plugins import HandlerSpec, PluginError, PluginLoader, Registry, load_dir, make_spec
 from flowd.registry import catalog
@@ -142,7 +141,7 @@ class TaskManager:
         """
         if self._loader is None:
             return []
-        log = structlog.stdlib.get_logger("flowd.plugins")
+        log = get_logger("flowd.plugins")
         try:
             base, changes = self._loader.load()
         except PluginError as e:
@@ -764,9 +763,7 @@ class TaskManager:
         worker = self.make_worker(require_dir=True)
         reg = worker.registry
         if reg.errors:
-            import structlog
-
-            log = structlog.stdlib.get_logger("flowd.plugins")
+            log = get_logger("flowd.plugins")
             for path, err in reg.errors.items():
                 tb = self._loader.traceback_of(path) if self._loader is not None else None
                 log.error("plugin_load_failed", file=path, error=err, traceback=tb)

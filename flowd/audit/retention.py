@@ -10,14 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-import structlog
-
 from flowd.clock import after
+from flowd.logging import get_logger
 from flowd.store import tasks as store
 from flowd.store import workers as worker_store
 from flowd.store.db import Database
 
-log = structlog.stdlib.get_logger("flowd.retention")
+log = get_logger("flowd.retention")
 
 DELETABLE = ("completed", "permanently_failed", "paused")
 

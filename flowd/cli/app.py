@@ -50,7 +50,7 @@ def _root(
     # here rather than in main(): `flowd --help` never loads structlog. stdout is for
     # command output only (one JSON document with --json): logs go to stderr, and only
     # warnings for commands other than the worker (which reconfigures its level)
-    configure(os.environ.get("FLOWD_LOG_FORMAT") or None, "warning")
+    configure(os.environ.get("FLOWD_LOG_FORMAT") or None, "warning", defer=True)
 
 
 def abort(message: str, code: int) -> None:

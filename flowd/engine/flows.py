@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import structlog
-
 from flowd.clock import after
+from flowd.logging import get_logger
 from flowd.model import FlowRecord, HandlerRecord, NewTask, TaskId, TaskKey, TaskRecord
 from flowd.plugins import Registry
 from flowd.registry import catalog
@@ -27,7 +26,7 @@ from flowd.store import flows as flow_store
 from flowd.store import tasks as task_store
 from flowd.store.db import Database
 
-log = structlog.stdlib.get_logger("flowd.flows")
+log = get_logger("flowd.flows")
 
 
 @dataclass(frozen=True, slots=True)

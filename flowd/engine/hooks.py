@@ -16,11 +16,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import structlog
-
+from flowd.logging import get_logger
 from flowd.plugins import HookSpec
 
-log = structlog.stdlib.get_logger("flowd.hooks")
+log = get_logger("flowd.hooks")
 
 # beyond this many queued calls (hooks far slower than the work), new ones are dropped, logged
 MAX_QUEUED = 10_000

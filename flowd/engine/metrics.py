@@ -16,7 +16,6 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -25,8 +24,9 @@ from flowd.clock import utcnow
 from flowd.engine import ops
 from flowd.engine.worker import Observer, Worker
 from flowd.errors import DatabaseUnavailable, FlowdError
+from flowd.logging import get_logger
 
-log = structlog.stdlib.get_logger("flowd.metrics")
+log = get_logger("flowd.metrics")
 
 # Attempt durations span milliseconds (a quick handler) to hours (a long workflow stage).
 DURATION_BUCKETS = (0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, float("inf"))

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import structlog
-
 from flowd.clock import iso
 from flowd.engine import flows
 from flowd.errors import NotFound, TransitionRefused
+from flowd.logging import get_logger
 from flowd.model import NewTask, TaskId, TaskRecord, TaskStatus
 from flowd.rules import transitions as rules
 from flowd.rules.transitions import EventSpec, Refused, Transition
@@ -27,7 +26,7 @@ from flowd.store import workers as workers_store
 from flowd.store.db import Database
 from flowd.store.tasks import Fence
 
-log = structlog.stdlib.get_logger("flowd.engine")
+log = get_logger("flowd.engine")
 
 
 @dataclass(frozen=True, slots=True)

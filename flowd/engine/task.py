@@ -6,11 +6,10 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-import structlog
-
 from flowd.clock import utcnow
 from flowd.engine import flows
 from flowd.errors import HandlerError, TaskTimeout
+from flowd.logging import get_logger
 from flowd.model import EventType, Suspension, TaskRecord, TaskStatus, TaskType
 from flowd.rules import flows as flow_rules
 from flowd.rules.options import InvalidInput, check_checkpoint_code, check_percent, step_percent
@@ -20,7 +19,7 @@ from flowd.store import tasks as store
 from flowd.store.db import Database
 from flowd.store.tasks import Fence
 
-log = structlog.stdlib.get_logger("flowd.task")
+log = get_logger("flowd.task")
 
 _PROGRESS_KEYS = {"stage_name", "progress_text", "progress_percent", "message", "metadata", "text", "percent"}
 

@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import structlog
-
 from flowd.audit import retention
 from flowd.clock import after, iso, utcnow
 from flowd.engine import flows, ops
@@ -34,7 +32,7 @@ from flowd.engine.notify import Notifier
 from flowd.engine.runner import AsyncLoop, ThreadPool
 from flowd.engine.task import Task
 from flowd.errors import DatabaseUnavailable, TaskTimeout
-from flowd.logging import bind, unbind
+from flowd.logging import bind, get_logger, unbind
 from flowd.model import NewTask, SubTasks, Suspension, TaskRecord, TaskType
 from flowd.plugins import HandlerSpec, Registry
 from flowd.registry import catalog, leases
@@ -45,7 +43,7 @@ from flowd.settings import Settings, task_defaults
 from flowd.store.db import Database
 from flowd.store.tasks import Fence
 
-log = structlog.stdlib.get_logger("flowd.worker")
+log = get_logger("flowd.worker")
 # the same logger's level, asked before building a per-task line nobody will see
 _std_log = logging.getLogger("flowd.worker")
 

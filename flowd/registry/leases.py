@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import structlog
-
 from flowd.clock import after
+from flowd.logging import get_logger
 from flowd.model import TaskId, TaskRecord, WorkerStatus
 from flowd.rules import transitions as rules
 from flowd.store import tasks as task_store
@@ -23,7 +22,7 @@ from flowd.store import workers as store
 from flowd.store.db import Database
 from flowd.store.tasks import Fence
 
-log = structlog.stdlib.get_logger("flowd.registry")
+log = get_logger("flowd.registry")
 
 
 @dataclass(frozen=True, slots=True)

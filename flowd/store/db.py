@@ -11,15 +11,15 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-import structlog
 from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 
 from flowd.errors import BadInput, DatabaseUnavailable, TransactionConflict
+from flowd.logging import get_logger
 from flowd.store.schema import SCHEMA_REVISION
 
 T = TypeVar("T")
-log = structlog.stdlib.get_logger("flowd.store")
+log = get_logger("flowd.store")
 
 # PostgreSQL SQLSTATEs: serialization_failure, deadlock_detected
 _CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})

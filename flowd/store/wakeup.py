@@ -24,10 +24,11 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
-import structlog
+
+from flowd.logging import get_logger
 
 CHANNEL = "flowd_tasks"
-log = structlog.stdlib.get_logger("flowd.wakeup")
+log = get_logger("flowd.wakeup")
 
 
 def notify(conn: sa.Connection) -> None:
