@@ -263,6 +263,7 @@ def run(cfg: BenchConfig, update: Update | None = None) -> dict[str, Any]:
                     bench_store.insert_history(
                         conn, cfg.history, HANDLER, payload, utcnow(), lambda n: say("history", n, cfg.history)
                     )
+            bench_store.settle(m.db.engine)  # with or without history: both runs start alike
             with m.db.read() as conn:
                 first_id = bench_store.max_task_id(conn)
 
