@@ -8,6 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import server_url
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -64,3 +69,27 @@ def test_bench__runs_reports_the_median_of_each_figure(tmp_path: Path) -> None:
     assert doc["process_per_s"] > 0 and doc["enqueue_bulk_per_s"] > 0
     bad = _bench(tmp_path, "--tasks", "10", "--runs", "0")
     assert bad.returncode == 2 and "--runs" in bad.stderr
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+def test_bench__on_a_server_uses_its_own_scratch_database_and_drops_it(kind: str, tmp_path: Path) -> None:
+    url = server_url(kind)
+    if not url:
+        pytest.skip(f"{kind}: set FLOWD_TEST_{kind.upper()}_URL to run")
+    engine = sa.create_engine(url)
+
+    def scratch() -> set[str]:
+        with engine.connect() as conn:
+            q = "SELECT datname FROM pg_database" if kind == "postgres" else "SHOW DATABASES"
+            return {r[0] for r in conn.exec_driver_sql(q) if str(r[0]).startswith("flowd_bench_")}
+
+    before = scratch()
+    try:
+        p = _bench(tmp_path, "--db", url, "--tasks", "60", "--history", "200", "--skip", "latency,single", "--json")
+        assert p.returncode == 0, p.stderr
+        doc = json.loads(p.stdout)
+        assert (doc["backend"], doc["tasks"], doc["history"]) == ({"postgres": "postgresql"}.get(kind, kind), 60, 200)
+        assert doc["process_per_s"] > 0 and doc["enqueue_bulk_per_s"] > 0
+        assert scratch() == before  # created for the run, dropped after it
+    finally:
+        engine.dispose()
