@@ -451,26 +451,63 @@ def claim_due(
     names = [n for n, free in limits.items() if free > 0]
     if slots <= 0 or not names:
         return []
-    pending = TaskStatus.PENDING.value
+    aging_ms = int(aging * 1000) if aging else None
+    q, claim = _claim_statements(aging_ms, conn.dialect.name != "sqlite")
+    params: dict[str, Any] = {"c_now": now, "c_worker": worker_id, "c_names": names, "c_n": slots}
+    if aging_ms:
+        params["c_now_ms"] = to_ms(now)
+    # constraint groups: skip tasks whose keys are busy, cooling down or not at their FIFO head
+    constrained = constraints.any_pending(conn)
+    uncapped = all(limits[n] >= slots for n in names)
+    if uncapped and not constrained and conn.dialect.update_returning:
+        # one round trip: no per-name cap can refuse a candidate, so lock, flip and read
+        # the rows in a single UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING
+        res = conn.execute(_claim_returning(aging_ms, conn.dialect.name != "sqlite"), params)
+        claimed = [_claimed_record(r) for r in res.all()]
+    else:
+        if constrained:
+            q = q.where(constraints.eligible(constraints.blocked_refs(conn, now))).add_columns(T.c.constrained)
+        widen = 4 if constrained else 2 if len(names) > 1 else 1
+        candidates = conn.execute(q.limit(slots * widen), params).all()
+        chosen = _choose(conn, candidates, limits, slots, constrained, now)
+        if not chosen:
+            return []
+        conn.execute(claim.where(T.c.id.in_(chosen), T.c.status == TaskStatus.PENDING.value), params)
+        rows = conn.execute(
+            sa.select(T).where(T.c.id.in_(chosen), T.c.worker_id == worker_id, T.c.status == TaskStatus.RUNNING.value)
+        ).all()
+        claimed = [to_record(r) for r in rows]
+    entities.claimed(conn, [t.id for t in claimed if t.entity_type is not None], now)
+    claimed.sort(key=lambda t: (-t.priority, t.next_run_time or now, t.id))
+    return claimed
+
+
+@functools.cache
+def _claim_statements(aging_ms: int | None, skip_locked: bool) -> tuple[sa.Select[Any], sa.Update]:
+    """The claim's candidate query and its UPDATE, built once: what changes from claim to
+    claim is bound at execution (`c_now`, `c_worker`, `c_names`, `c_n`, `c_now_ms`), so a
+    claim does not rebuild the expressions nor SQLAlchemy their cache key."""
+    now = sa.bindparam("c_now", type_=Millis())
     # walks ix_flowd_tasks_claim in order: status prefix, then the ORDER BY columns
     q = (
         sa.select(T.c.id, T.c.name)
-        .where(T.c.status == pending, T.c.next_run_time <= now, T.c.name.in_(names))
+        .where(
+            T.c.status == TaskStatus.PENDING.value,
+            T.c.next_run_time <= now,
+            T.c.name.in_(sa.bindparam("c_names", expanding=True)),
+        )
         .order_by(T.c.priority.desc(), T.c.next_run_time, T.c.id)
     )
-    if aging:
+    if aging_ms:
         # whole steps of waiting: integer division of milliseconds on every database
-        waited = (to_ms(now) - sa.type_coerce(T.c.next_run_time, sa.BigInteger)) // int(aging * 1000)
+        now_ms = sa.bindparam("c_now_ms", type_=sa.BigInteger())
+        waited = (now_ms - sa.type_coerce(T.c.next_run_time, sa.BigInteger)) // aging_ms
         q = q.order_by(None).order_by((T.c.priority + waited).desc(), T.c.next_run_time, T.c.id)
-    # constraint groups: skip tasks whose keys are busy, cooling down or not at their FIFO head
-    constrained = constraints.any_pending(conn)
-    if constrained:
-        q = q.where(constraints.eligible(constraints.blocked_refs(conn, now))).add_columns(T.c.constrained)
-    if conn.dialect.name != "sqlite":
+    if skip_locked:
         q = q.with_for_update(skip_locked=True)
     claim = sa.update(T).values(
         status=TaskStatus.RUNNING.value,
-        worker_id=worker_id,
+        worker_id=sa.bindparam("c_worker", type_=T.c.worker_id.type),
         attempt=T.c.attempt + 1,
         started_at=now,
         heartbeat_at=now,
@@ -479,29 +516,17 @@ def claim_due(
         last_event_type=sa.case((T.c.retry_count > 0, "task_retry_started"), else_="task_started"),
         last_event_time=now,
     )
-    uncapped = all(limits[n] >= slots for n in names)
-    if uncapped and not constrained and conn.dialect.update_returning:
-        # one round trip: no per-name cap can refuse a candidate, so lock, flip and read
-        # the rows in a single UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING
-        chosen_q = q.with_only_columns(T.c.id).limit(slots).scalar_subquery()
-        # no status test outside the subquery: the subquery's rows are ours (SQLite holds the
-        # write lock, the servers the row locks), and an extra `status =` would make SQLite
-        # pick the claim index over the primary key for the outer UPDATE
-        res = conn.execute(claim.where(T.c.id.in_(chosen_q)).returning(*_RAW_COLUMNS))
-        claimed = [_claimed_record(r) for r in res.all()]
-    else:
-        widen = 4 if constrained else 2 if len(names) > 1 else 1
-        chosen = _choose(conn, conn.execute(q.limit(slots * widen)).all(), limits, slots, constrained, now)
-        if not chosen:
-            return []
-        conn.execute(claim.where(T.c.id.in_(chosen), T.c.status == pending))
-        rows = conn.execute(
-            sa.select(T).where(T.c.id.in_(chosen), T.c.worker_id == worker_id, T.c.status == TaskStatus.RUNNING.value)
-        ).all()
-        claimed = [to_record(r) for r in rows]
-    entities.claimed(conn, [t.id for t in claimed if t.entity_type is not None], now)
-    claimed.sort(key=lambda t: (-t.priority, t.next_run_time or now, t.id))
-    return claimed
+    return q, claim
+
+
+@functools.cache
+def _claim_returning(aging_ms: int | None, skip_locked: bool) -> sa.Update:
+    q, claim = _claim_statements(aging_ms, skip_locked)
+    chosen = q.with_only_columns(T.c.id).limit(sa.bindparam("c_n", type_=sa.Integer())).scalar_subquery()
+    # no status test outside the subquery: the subquery's rows are ours (SQLite holds the
+    # write lock, the servers the row locks), and an extra `status =` would make SQLite
+    # pick the claim index over the primary key for the outer UPDATE
+    return claim.where(T.c.id.in_(chosen)).returning(*_RAW_COLUMNS)
 
 
 def _choose(
