@@ -72,3 +72,33 @@ def test_claim__postgres_plan_walks_the_claim_index_past_the_history(db_url: str
     assert "ix_flowd_tasks_claim" in plan, plan
     assert "Seq Scan on flowd_tasks" not in plan, plan
     assert "Sort" not in plan, plan
+
+
+def test_claim__postgres_plan_ignores_statistics_that_predate_the_backlog(db_url: str) -> None:
+    """Statistics taken on empty tables, then a backlog of thousands: the claim still walks
+    the claim index in order instead of sorting every pending task (else O(backlog))."""
+    db = Database(db_url)
+    if db.dialect != "postgresql":
+        db.dispose()
+        pytest.skip("the PostgreSQL planner's choice (SQLite has its own test above)")
+    db.ensure_schema()
+    bench_store.settle(db.engine)  # VACUUM ANALYZE of the empty tables
+    now = utcnow()
+    with db.write() as conn:
+        task_store.insert_tasks(conn, [NewTask(name="a", payload={}) for _ in range(60_000)], now)
+    seen: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, _ctx: Any, _many: bool) -> None:
+        seen.append((statement, parameters))
+
+    sa.event.listen(db.engine, "before_cursor_execute", capture)
+    with db.write() as conn:
+        claimed = task_store.claim_due(conn, "w1", {"a": 100}, 100, now)
+        sa.event.remove(db.engine, "before_cursor_execute", capture)
+        (stmt, params) = next((s, p) for s, p in seen if s.lstrip().upper().startswith("UPDATE"))
+        # in the claim's own transaction: the plan it ran with
+        plan = "\n".join(str(r[0]) for r in conn.exec_driver_sql("EXPLAIN " + stmt, params).all())
+    db.dispose()
+    assert len(claimed) == 100
+    assert "ix_flowd_tasks_claim" in plan, plan
+    assert "Sort" not in plan, plan
