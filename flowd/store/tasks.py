@@ -215,18 +215,18 @@ def insert_copies(conn: sa.Connection, copies: Sequence[Copy], now: datetime) ->
         task = bulk.to_driver(conn, T, _template_values(tpl, now))
         event = bulk.to_driver(conn, E, _created_event(tpl, now))
         shared[key] = (tuple(task.values()), tuple(event.values()))
+
+    def task_row(tid: TaskId | None, tpl: NewTask, payload: str, keys: tuple[TaskKey, ...]) -> tuple[Any, ...]:
+        return (tid, _root_of(tpl, tid), payload, own_flag[bool(keys)], *shared[id(tpl)][0])
+
     ids = _reserve_ids(conn, len(copies))
     if ids is not None:
-        rows = []
-        for tid, (tpl, payload, keys) in zip(ids, copies, strict=True):
-            root = tpl.root_id if tpl.root_id is not None else tid
-            rows.append((tid, root, payload, own_flag[bool(keys)], *shared[id(tpl)][0]))
+        rows = [task_row(tid, *copy) for tid, copy in zip(ids, copies, strict=True)]
         bulk.insert_values(conn, T, _TASK_KEYS, rows)
     else:
-        rows = [
-            (None, tpl.root_id, payload, own_flag[bool(keys)], *shared[id(tpl)][0]) for tpl, payload, keys in copies
-        ]
-        ids = [TaskId(i) for i in bulk.insert_values_returning_ids(conn, T, _TASK_KEYS[1:], [r[1:] for r in rows])]
+        # no id yet: the roots' root_id stays NULL until the UPDATE below
+        rows = [task_row(None, *copy)[1:] for copy in copies]
+        ids = [TaskId(i) for i in bulk.insert_values_returning_ids(conn, T, _TASK_KEYS[1:], rows)]
         roots = [tid for tid, (tpl, _, _) in zip(ids, copies, strict=True) if tpl.root_id is None]
         for i in range(0, len(roots), 1000):
             conn.execute(sa.update(T).where(T.c.id.in_(roots[i : i + 1000])).values(root_id=T.c.id))
@@ -236,11 +236,16 @@ def insert_copies(conn: sa.Connection, copies: Sequence[Copy], now: datetime) ->
             constraints.register(conn, tid, keys, now)
         if tpl.entity is not None:
             entities.created(conn, tid, tpl, now)
-        events.append((tid, tpl.root_id if tpl.root_id is not None else tid, *shared[id(tpl)][1]))
+        events.append((tid, _root_of(tpl, tid), *shared[id(tpl)][1]))
     bulk.insert_values(conn, E, _EVENT_KEYS, events)
     if any(tpl.next_run_time is None or tpl.next_run_time <= now for tpl in templates.values()):
         wakeup.notify(conn)
     return ids
+
+
+def _root_of(tpl: NewTask, tid: TaskId | None) -> TaskId | None:
+    """A task's root: its template's, or the task itself for a root task."""
+    return tpl.root_id if tpl.root_id is not None else tid
 
 
 def get(conn: sa.Connection, task_id: int, *, for_update: bool = False) -> TaskRecord | None:

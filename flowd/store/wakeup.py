@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import sqlalchemy as sa
 
@@ -37,23 +37,37 @@ def notify(conn: sa.Connection) -> None:
         conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
 
 
-class Listener:
-    """A daemon thread that calls `wake` on every NOTIFY (PostgreSQL only)."""
+class _WakeThread:
+    """A daemon thread that calls `wake` when it sees new work; `stop()` ends it."""
 
-    def __init__(self, url: sa.URL, wake: Callable[[], None], *, poll: float = 1.0) -> None:
-        self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    name = "flowd-wake"
+
+    def __init__(self, wake: Callable[[], None]) -> None:
         self._wake = wake
-        self._poll = poll
         self._stop = threading.Event()
-        self.connected = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="flowd-listen", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
 
-    def start(self) -> Listener:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Listener(_WakeThread):
+    """Calls `wake` on every NOTIFY (PostgreSQL only)."""
+
+    name = "flowd-listen"
+
+    def __init__(self, url: sa.URL, wake: Callable[[], None], *, poll: float = 1.0) -> None:
+        self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._poll = poll
+        self.connected = threading.Event()
+        super().__init__(wake)
 
     def _run(self) -> None:
         import psycopg
@@ -81,22 +95,15 @@ class Listener:
 FILE_WATCH_INTERVAL = 0.01
 
 
-class FileWatcher:
-    """A daemon thread that calls `wake` when the SQLite `-wal` file changes (a commit)."""
+class FileWatcher(_WakeThread):
+    """Calls `wake` when the SQLite `-wal` file changes (a commit)."""
+
+    name = "flowd-watch"
 
     def __init__(self, path: str, wake: Callable[[], None], *, interval: float = FILE_WATCH_INTERVAL) -> None:
         self._wal = path + "-wal"
-        self._wake = wake
         self._interval = interval
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="flowd-watch", daemon=True)
-
-    def start(self) -> FileWatcher:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopped = True
+        super().__init__(wake)
 
     def _stamp(self) -> tuple[int, int] | None:
         try:
@@ -109,7 +116,7 @@ class FileWatcher:
     def _run(self) -> None:
         last = self._stamp()
         # a plain sleep is the cheapest wait: this loop runs 100 times a second while idle
-        while not self._stopped:
+        while not self._stop.is_set():
             time.sleep(self._interval)
             stamp = self._stamp()
             if stamp != last:
@@ -130,23 +137,16 @@ def _stamp_query() -> sa.Select[Any]:
     return sa.select(newest_pending, newest_id)
 
 
-class Prober:
-    """A daemon thread that calls `wake` when the newest pending task or task id changes (MySQL)."""
+class Prober(_WakeThread):
+    """Calls `wake` when the newest pending task or task id changes (MySQL/MariaDB)."""
+
+    name = "flowd-probe"
 
     def __init__(self, engine: sa.Engine, wake: Callable[[], None], *, interval: float = PROBE_INTERVAL) -> None:
         self._engine = engine
-        self._wake = wake
         self._interval = interval
-        self._stop = threading.Event()
         self._sql = str(_stamp_query().compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
-        self._thread = threading.Thread(target=self._run, name="flowd-probe", daemon=True)
-
-    def start(self) -> Prober:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
+        super().__init__(wake)
 
     def _run(self) -> None:
         last: tuple[Any, ...] | None = None

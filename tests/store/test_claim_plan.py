@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +10,27 @@ import pytest
 import sqlalchemy as sa
 
 from flowd.clock import utcnow
-from flowd.model import NewTask
+from flowd.model import NewTask, TaskRecord
 from flowd.store import bench as bench_store
 from flowd.store import tasks as task_store
 from flowd.store.db import Database
+
+
+def _claim(
+    db: Database, conn: sa.Connection, limits: dict[str, int], slots: int, now: datetime
+) -> tuple[list[TaskRecord], tuple[str, Any]]:
+    """Claim as worker w1; returns the claimed tasks and the claim's UPDATE with its parameters."""
+    seen: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, _ctx: Any, _many: bool) -> None:
+        seen.append((statement, parameters))
+
+    sa.event.listen(db.engine, "before_cursor_execute", capture)
+    try:
+        claimed = task_store.claim_due(conn, "w1", limits, slots, now)
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", capture)
+    return claimed, next((s, p) for s, p in seen if s.lstrip().upper().startswith("UPDATE"))
 
 
 def test_claim__sqlite_plan_walks_the_claim_index_without_a_sort(tmp_path: Path) -> None:
@@ -20,17 +38,9 @@ def test_claim__sqlite_plan_walks_the_claim_index_without_a_sort(tmp_path: Path)
     now = utcnow()
     with db.write() as conn:
         task_store.insert_tasks(conn, [NewTask(name="a", payload={}) for _ in range(20)], now)
-    seen: list[tuple[str, Any]] = []
-
-    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, _ctx: Any, _many: bool) -> None:
-        seen.append((statement, parameters))
-
-    sa.event.listen(db.engine, "before_cursor_execute", capture)
     with db.write() as conn:
-        claimed = task_store.claim_due(conn, "w1", {"a": 5, "b": 5}, 5, now)
-    sa.event.remove(db.engine, "before_cursor_execute", capture)
+        claimed, (stmt, params) = _claim(db, conn, {"a": 5, "b": 5}, 5, now)
     assert len(claimed) == 5
-    (stmt, params) = next((s, p) for s, p in seen if s.lstrip().upper().startswith("UPDATE"))
     with db.engine.connect() as conn:
         plan = " | ".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + stmt, params).all())
     assert "ix_flowd_tasks_claim" in plan, plan
@@ -55,17 +65,9 @@ def test_claim__postgres_plan_walks_the_claim_index_past_the_history(db_url: str
     with db.engine.connect() as conn:
         conn.exec_driver_sql("ANALYZE")
         conn.commit()
-    seen: list[tuple[str, Any]] = []
-
-    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, _ctx: Any, _many: bool) -> None:
-        seen.append((statement, parameters))
-
-    sa.event.listen(db.engine, "before_cursor_execute", capture)
     with db.write() as conn:
-        claimed = task_store.claim_due(conn, "w1", {"a": 5}, 5, now)
-    sa.event.remove(db.engine, "before_cursor_execute", capture)
+        claimed, (stmt, params) = _claim(db, conn, {"a": 5}, 5, now)
     assert len(claimed) == 5
-    (stmt, params) = next((s, p) for s, p in seen if s.lstrip().upper().startswith("UPDATE"))
     with db.engine.connect() as conn:
         plan = "\n".join(str(r[0]) for r in conn.exec_driver_sql("EXPLAIN " + stmt, params).all())
     db.dispose()
@@ -86,16 +88,8 @@ def test_claim__postgres_plan_ignores_statistics_that_predate_the_backlog(db_url
     now = utcnow()
     with db.write() as conn:
         task_store.insert_tasks(conn, [NewTask(name="a", payload={}) for _ in range(60_000)], now)
-    seen: list[tuple[str, Any]] = []
-
-    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, _ctx: Any, _many: bool) -> None:
-        seen.append((statement, parameters))
-
-    sa.event.listen(db.engine, "before_cursor_execute", capture)
     with db.write() as conn:
-        claimed = task_store.claim_due(conn, "w1", {"a": 100}, 100, now)
-        sa.event.remove(db.engine, "before_cursor_execute", capture)
-        (stmt, params) = next((s, p) for s, p in seen if s.lstrip().upper().startswith("UPDATE"))
+        claimed, (stmt, params) = _claim(db, conn, {"a": 100}, 100, now)
         # in the claim's own transaction: the plan it ran with
         plan = "\n".join(str(r[0]) for r in conn.exec_driver_sql("EXPLAIN " + stmt, params).all())
     db.dispose()
