@@ -132,6 +132,9 @@ class TaskRecord(_Fields):
     constrained: bool = False
     entity_type: str | None = None
     entity_id: str | None = None
+    retry_backoff: str = "fixed"
+    retry_max_interval: float = 3600.0
+    retry_jitter: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +301,9 @@ class NewTask:
     max_retries: int = 3
     retry_interval: float = 0.0
     timeout: float = 60.0
+    retry_backoff: str = "fixed"
+    retry_max_interval: float = 3600.0
+    retry_jitter: bool = False
     next_run_time: datetime | None = None
     parent_id: TaskId | None = None
     root_id: TaskId | None = None

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from flowd.model import EventType
 from flowd.rules.constraints import Constraint
-from flowd.rules.options import InvalidInput, check_name, check_options
+from flowd.rules.options import OPTION_KEYS, InvalidInput, check_name, check_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 MARK = "__flowd_handler__"
@@ -54,6 +54,12 @@ class HandlerSpec:
         return int(v) if v is not None else None
 
     @property
+    def schedule(self) -> dict[str, Any] | None:
+        """The schedule declared with `@handler(..., cron=...)`: `{"cron", "tz", "payload"}`, or None."""
+        v = self.options.get("schedule")
+        return dict(v) if v else None
+
+    @property
     def steps(self) -> dict[str, float] | None:
         """Declared steps (name → weight) for `task.step()`, if any."""
         v = self.options.get("steps")
@@ -61,7 +67,7 @@ class HandlerSpec:
 
     def task_options(self) -> dict[str, Any]:
         """The options that become task defaults (max_concurrent is a worker limit)."""
-        return {k: v for k, v in self.options.items() if k in ("timeout", "max_retries", "retry_interval", "priority")}
+        return {k: v for k, v in self.options.items() if k in OPTION_KEYS}
 
 
 def handler(
@@ -74,21 +80,35 @@ def handler(
     max_concurrent: int | None = None,
     steps: Mapping[str, float] | None = None,
     constraints: Sequence[Constraint] | None = None,
+    retry_backoff: str | None = None,
+    retry_max_interval: float | None = None,
+    retry_jitter: bool | None = None,
+    cron: str | None = None,
+    tz: str | None = None,
+    payload: Mapping[str, Any] | None = None,
 ) -> Callable[[F], F]:
     """Declare a function (sync or `async def`) as the handler for task `name`.
 
     `constraints`: groups made with `flowd.constraint(...)` that its tasks must respect.
+    `cron` (with optional `tz` and `payload`): a schedule that exists while a worker serving
+    this handler runs, kept under the key `handler:<name>` (see `schedule_key`).
     """
     check_name(name)
+    if cron is None and (tz is not None or payload is not None):
+        raise InvalidInput(f"@handler({name!r}): tz and payload describe a schedule: give cron= as well")
     opts = check_options(
         {
             "timeout": timeout,
             "max_retries": max_retries,
             "retry_interval": retry_interval,
             "priority": priority,
+            "retry_backoff": retry_backoff,
+            "retry_max_interval": retry_max_interval,
+            "retry_jitter": retry_jitter,
             "max_concurrent": max_concurrent,
             "steps": steps,
             "constraints": list(constraints) if constraints else None,
+            "schedule": {"cron": cron, "tz": tz, "payload": dict(payload or {})} if cron is not None else None,
         }
     )
 

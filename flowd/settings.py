@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     poll_interval: float = Field(1.0, gt=0, le=3600)
     max_retries: int = Field(3, ge=1, le=1_000_000)
     retry_interval: float = Field(0.0, ge=0)
+    # retries wait retry_interval each time ("fixed"), or retry_interval × 2^(n-1) after the
+    # n-th failed attempt ("exponential"), capped by retry_max_interval; jitter: from [w/2, w]
+    retry_backoff: Literal["fixed", "exponential"] = "fixed"
+    retry_max_interval: float = Field(3600.0, gt=0, le=10 * 365 * 86400.0)
+    retry_jitter: bool = False
     timeout: float = Field(60.0, gt=0)
     task_heartbeat_interval: float = Field(5.0, gt=0)
     task_heartbeat_timeout: float = Field(30.0, gt=0)
@@ -149,4 +154,12 @@ def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any
 
 def task_defaults(s: Settings) -> dict[str, Any]:
     """The settings-level task options (the last source `rules.options.resolve` consults)."""
-    return {"timeout": s.timeout, "max_retries": s.max_retries, "retry_interval": s.retry_interval, "priority": 0}
+    return {
+        "timeout": s.timeout,
+        "max_retries": s.max_retries,
+        "retry_interval": s.retry_interval,
+        "priority": 0,
+        "retry_backoff": s.retry_backoff,
+        "retry_max_interval": s.retry_max_interval,
+        "retry_jitter": s.retry_jitter,
+    }

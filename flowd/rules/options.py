@@ -11,7 +11,10 @@ from typing import Any
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 CODE_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
-OPTION_KEYS = ("timeout", "max_retries", "retry_interval", "priority")
+OPTION_KEYS = ("timeout", "max_retries", "retry_interval", "priority", "retry_backoff", "retry_max_interval", "retry_jitter")
+BACKOFFS = ("fixed", "exponential")
+# the longest wait a retry may be capped at: ten years, in seconds
+MAX_RETRY_MAX_INTERVAL = 10 * 365 * 86400.0
 
 
 class InvalidInput(ValueError):
@@ -80,6 +83,9 @@ class TaskOptions:
     max_retries: int
     retry_interval: float
     priority: int
+    retry_backoff: str = "fixed"
+    retry_max_interval: float = 3600.0
+    retry_jitter: bool = False
 
 
 def check_options(opts: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,6 +112,24 @@ def check_options(opts: Mapping[str, Any]) -> dict[str, Any]:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise InvalidInput(f"priority must be an integer, not {value!r}")
             out[key] = value
+        elif key == "retry_backoff":
+            if value not in BACKOFFS:
+                raise InvalidInput(f"retry_backoff must be 'fixed' or 'exponential', not {value!r}")
+            out[key] = value
+        elif key == "retry_max_interval":
+            m = _finite("retry_max_interval", value)
+            if not 0 < m <= MAX_RETRY_MAX_INTERVAL:
+                raise InvalidInput(
+                    f"retry_max_interval must be positive seconds, at most {MAX_RETRY_MAX_INTERVAL:g} (10 years), "
+                    f"not {value!r}"
+                )
+            out[key] = m
+        elif key == "retry_jitter":
+            if not isinstance(value, bool):
+                raise InvalidInput(f"retry_jitter must be true or false, not {value!r}")
+            out[key] = value
+        elif key == "schedule":
+            out[key] = check_schedule(value)
         elif key == "steps":
             out[key] = check_steps(value)
         elif key == "constraints":
@@ -119,6 +143,24 @@ def check_options(opts: Mapping[str, Any]) -> dict[str, Any]:
         else:
             raise InvalidInput(f"unknown option {key!r}")
     return out
+
+
+def check_schedule(value: Any) -> dict[str, Any]:
+    """A handler's declared schedule: `{"cron": expr, "tz": zone or None, "payload": {...}}`."""
+    from flowd.rules import cron as cron_rules  # croniter loads only when a schedule is declared
+
+    if not isinstance(value, Mapping) or not isinstance(value.get("cron"), str):
+        raise InvalidInput("a schedule needs cron='<expression>', e.g. cron='0 7 * * *'")
+    tz = value.get("tz")
+    try:
+        expr = cron_rules.validate(value["cron"])
+        if tz is not None:
+            if not isinstance(tz, str) or not tz:
+                raise InvalidInput(f"tz must be an IANA zone name such as Europe/Berlin, not {tz!r}")
+            cron_rules.zone(tz)
+    except cron_rules.CronError as e:
+        raise InvalidInput(str(e)) from e
+    return {"cron": expr, "tz": tz, "payload": check_payload(value.get("payload") or {})}
 
 
 def resolve(*layers: Mapping[str, Any]) -> TaskOptions:
@@ -136,6 +178,9 @@ def resolve(*layers: Mapping[str, Any]) -> TaskOptions:
         max_retries=int(merged["max_retries"]),
         retry_interval=float(merged["retry_interval"]),
         priority=int(merged["priority"]),
+        retry_backoff=str(merged["retry_backoff"]),
+        retry_max_interval=float(merged["retry_max_interval"]),
+        retry_jitter=bool(merged["retry_jitter"]),
     )
 
 

@@ -19,7 +19,7 @@ from flowd.rules.options import dump_json
 
 metadata = sa.MetaData()
 
-SCHEMA_REVISION = "0008"
+SCHEMA_REVISION = "0011"
 """The Alembic head this code expects; a test proves it matches the migrations."""
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -112,6 +112,11 @@ tasks = sa.Table(
     # the domain object the task is about (flowd_entities keeps its projection)
     sa.Column("entity_type", _s(64), nullable=True),
     sa.Column("entity_id", _s(255), nullable=True),
+    # retry backoff: "fixed" (retry_interval each time) or "exponential" (doubling, capped
+    # by retry_max_interval); retry_jitter draws each wait from [w/2, w]
+    sa.Column("retry_backoff", _s(16), nullable=False, server_default="fixed"),
+    sa.Column("retry_max_interval", sa.Float, nullable=False, server_default="3600"),
+    sa.Column("retry_jitter", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_flowd_tasks_parent", "parent_id", "parent_stage"),
     sa.Index("ix_flowd_tasks_root", "root_id"),
     sa.Index("ix_flowd_tasks_worker", "worker_id", "status"),

@@ -63,8 +63,9 @@ _DECODE: tuple[tuple[int, Callable[[Any], Any]], ...] = tuple(
 )
 _INTS = tuple(_COLUMNS.index(n) for n in ("id", "priority", "stage", "retry_count", "max_retries", "attempt"))
 _OPTIONAL_INTS = tuple(_COLUMNS.index(n) for n in ("parent_id", "root_id", "flow_id"))
-_FLOATS = tuple(_COLUMNS.index(n) for n in ("retry_interval", "timeout"))
-_I = {name: _COLUMNS.index(name) for name in ("type", "status", "payload", "labels", "context", "constrained")}
+_FLOATS = tuple(_COLUMNS.index(n) for n in ("retry_interval", "timeout", "retry_max_interval"))
+_BOOLS = tuple(_COLUMNS.index(n) for n in ("constrained", "retry_jitter"))
+_I = {name: _COLUMNS.index(name) for name in ("type", "status", "payload", "labels", "context")}
 
 
 def _claimed_record(row: Sequence[Any]) -> TaskRecord:
@@ -100,7 +101,8 @@ def _record(v: list[Any]) -> TaskRecord:
     v[at["labels"]] = v[at["labels"]] or {}
     if v[at["context"]] is not None:
         v[at["context"]] = bytes(v[at["context"]])
-    v[at["constrained"]] = bool(v[at["constrained"]])
+    for i in _BOOLS:
+        v[i] = bool(v[i])
     return TaskRecord(*v)
 
 
@@ -126,6 +128,9 @@ def _template_values(new: NewTask, now: datetime) -> dict[str, Any]:
         "retry_count": 0,
         "max_retries": new.max_retries,
         "retry_interval": new.retry_interval,
+        "retry_backoff": new.retry_backoff,
+        "retry_max_interval": new.retry_max_interval,
+        "retry_jitter": new.retry_jitter,
         "timeout": new.timeout,
         "next_run_time": new.next_run_time or now,
         "attempt": 0,
