@@ -41,3 +41,15 @@ class TaskTimeout(FlowdError):
 
 class StaleWrite(FlowdError):
     """A fenced write matched no row: the attempt no longer belongs to this worker."""
+
+
+class TaskFailed(FlowdError):
+    """`TaskManager.result()`: the task ended `permanently_failed`; `.error` says why."""
+
+    def __init__(self, task_id: int, error: str | None) -> None:
+        super().__init__(f"task {task_id} failed: {error}" if error else f"task {task_id} failed")
+        self.task_id = task_id
+        self.error = error
+
+    def __reduce__(self) -> tuple[type[TaskFailed], tuple[int, str | None]]:
+        return (TaskFailed, (self.task_id, self.error))

@@ -432,3 +432,58 @@ def make_spec(name: str, fn: Callable[..., Any], options: Mapping[str, Any] | No
     if not callable(fn):
         raise InvalidInput(f"handler for {name!r} is not callable")
     return HandlerSpec(name=name, fn=fn, options=check_options(dict(options or {})))
+
+
+MODULE_SOURCE = "module:"
+"""The `source` of a handler imported from a module (`module:myapp.tasks`), not a plugin file."""
+
+
+def load_modules(names: Sequence[str]) -> Registry:
+    """Import handler modules by dotted name from the Python path, the working directory included.
+
+    Each module is imported once per process (Python's own module cache): a change deploys by
+    restarting the worker, not by hot reload. A module that fails to import is reported in
+    `errors` under its name (one line: the module, the exception); the others still load.
+    """
+    import importlib
+    import os
+
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        # the `flowd` console script puts its own bin directory first, not the working directory
+        sys.path.append(cwd)
+    handlers: dict[str, HandlerSpec] = {}
+    hooks: dict[str, list[HookSpec]] = {}
+    errors: dict[str, str] = {}
+    for name in names:
+        source = MODULE_SOURCE + name
+        try:
+            module = importlib.import_module(name)
+        except BaseException as e:  # SystemExit or KeyboardInterrupt at import is a broken module too
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            errors[source] = f"handler module {name!r} failed to import: {type(e).__name__}: {e}"
+            continue
+        path = getattr(module, "__file__", None)
+        version = file_version(Path(path)) if path and Path(path).is_file() else None
+        for spec in specs_of_module(module, source, version):
+            if spec.name in handlers:
+                errors[source] = f"handler {spec.name!r} is declared twice ({handlers[spec.name].source}, {source})"
+                continue
+            handlers[spec.name] = spec
+        for hook in hooks_of_module(module, source):
+            hooks.setdefault(hook.event, []).append(hook)
+    return Registry(handlers, errors, {}, {e: tuple(hs) for e, hs in hooks.items()})
+
+
+def merge(base: Registry, extra: Registry) -> Registry:
+    """`base` (the plugin directory) plus `extra` (modules); a name both declare keeps base's, reported."""
+    handlers = dict(base.handlers)
+    errors = {**base.errors, **extra.errors}
+    for name, spec in extra.handlers.items():
+        if name in handlers:
+            errors[spec.source or name] = f"handler {name!r} is declared in {handlers[name].source} and {spec.source}"
+            continue
+        handlers[name] = spec
+    hooks = {e: (*base.hooks.get(e, ()), *extra.hooks.get(e, ())) for e in set(base.hooks) | set(extra.hooks)}
+    return Registry(handlers, errors, base.files, hooks)

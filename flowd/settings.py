@@ -28,13 +28,15 @@ class Settings(BaseSettings):
 
     db_url: str = Field("sqlite:///flowd.db", min_length=1)
     handlers_dir: Path = Path("handlers")
+    # importable modules declaring handlers (beside or instead of handlers_dir), imported once
+    handler_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     pod_id: str | None = Field(None, min_length=1, max_length=128)
     worker_id: str | None = Field(None, min_length=1, max_length=128)
     max_concurrent_tasks: int = Field(10, ge=1, le=10_000)
     poll_interval: float = Field(1.0, gt=0, le=3600)
     max_retries: int = Field(3, ge=1, le=1_000_000)
     retry_interval: float = Field(0.0, ge=0)
-    # retries wait retry_interval each time ("fixed"), or retry_interval × 2^(n-1) after the
+    # retries wait retry_interval each time ("fixed"), or retry_interval * 2^(n-1) after the
     # n-th failed attempt ("exponential"), capped by retry_max_interval; jitter: from [w/2, w]
     retry_backoff: Literal["fixed", "exponential"] = "fixed"
     retry_max_interval: float = Field(3600.0, gt=0, le=10 * 365 * 86400.0)
@@ -69,6 +71,21 @@ class Settings(BaseSettings):
     def _split_statuses(cls, v: Any) -> Any:
         if isinstance(v, str):
             v = [s.strip() for s in v.replace(",", " ").split() if s.strip()]
+        return v
+
+    @field_validator("handler_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [m.strip() for m in v.replace(",", " ").split() if m.strip()]
+        return v
+
+    @field_validator("handler_modules")
+    @classmethod
+    def _dotted_names(cls, v: list[str]) -> list[str]:
+        for m in v:
+            if not all(part.isidentifier() for part in m.split(".")):
+                raise ValueError(f"{m!r} is not a module name like myapp.tasks")
         return v
 
     @field_validator("retention_statuses")

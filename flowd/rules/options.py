@@ -11,7 +11,15 @@ from typing import Any
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 CODE_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
-OPTION_KEYS = ("timeout", "max_retries", "retry_interval", "priority", "retry_backoff", "retry_max_interval", "retry_jitter")
+OPTION_KEYS = (
+    "timeout",
+    "max_retries",
+    "retry_interval",
+    "priority",
+    "retry_backoff",
+    "retry_max_interval",
+    "retry_jitter",
+)
 BACKOFFS = ("fixed", "exponential")
 # the longest wait a retry may be capped at: ten years, in seconds
 MAX_RETRY_MAX_INTERVAL = 10 * 365 * 86400.0

@@ -126,7 +126,7 @@ def has_attempts_left(task: TaskRecord) -> bool:
 def retry_wait(task: TaskRecord) -> float:
     """Seconds the retry after this failed attempt waits (SEMANTICS §2, with the backoff options).
 
-    `fixed`: `retry_interval`. `exponential`: `retry_interval × 2^(n−1)` after the n-th failed
+    `fixed`: `retry_interval`. `exponential`: `retry_interval * 2^(n-1)` after the n-th failed
     attempt (n = retry_count + 1), capped by `retry_max_interval`. With `retry_jitter` the wait
     is drawn uniformly from [w/2, w]; the draw is seeded by the task id and attempt number, so
     the rule stays a pure function (a replay gives the same wait) while tasks failing together

@@ -334,5 +334,19 @@ class Database:
             return wakeup.Prober(self.engine, wake).start()
         return None
 
+    def watch_ends(self, wake: Callable[[], None]) -> Any:
+        """Start a thread that calls `wake` when tasks may have ended (for `TaskManager.wait`):
+        LISTEN on the ended channel (PostgreSQL), the watch on the database file (SQLite), a
+        tick at the probe interval (MySQL/MariaDB); None for in-memory SQLite (poll only)."""
+        from flowd.store import wakeup
+
+        if self.dialect == "postgresql":
+            return wakeup.Listener(self.url, wake, channel=wakeup.ENDED_CHANNEL).start()
+        if self.sqlite_file is not None:
+            return wakeup.FileWatcher(self.sqlite_file, wake).start()
+        if not self.is_sqlite:
+            return wakeup.Ticker(wake).start()
+        return None
+
     def dispose(self) -> None:
         self.engine.dispose()

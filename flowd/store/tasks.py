@@ -269,6 +269,19 @@ def get_many(conn: sa.Connection, ids: Iterable[int]) -> list[TaskRecord]:
     return [to_record(r) for r in rows]
 
 
+# the statuses `TaskManager.wait()` returns on: an async task is over
+ENDED_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.PERMANENTLY_FAILED})
+
+
+def ended_among(conn: sa.Connection, ids: Iterable[int]) -> list[TaskId]:
+    """Which of `ids` are completed or permanently failed (primary-key look-ups)."""
+    ids = list(ids)
+    if not ids:
+        return []
+    q = sa.select(T.c.id).where(T.c.id.in_(ids), T.c.status.in_([s.value for s in ENDED_STATUSES]))
+    return [TaskId(int(i)) for i in conn.execute(q).scalars()]
+
+
 def find_active_by_key(conn: sa.Connection, key: str, type_: TaskType | None = None) -> TaskRecord | None:
     """The newest task with `key` that is not finished (for idempotent submit and cron)."""
     q = sa.select(T).where(T.c.key == key, T.c.status.notin_([s.value for s in FINISHED_STATUSES]))
@@ -369,6 +382,8 @@ def apply_transition(
         return False
     if tr.to_status is TaskStatus.PENDING and task.status is not TaskStatus.RUNNING:
         wakeup.notify(conn)  # a resume: due now for any idle worker
+    elif tr.to_status in ENDED_STATUSES:
+        wakeup.notify(conn, wakeup.ENDED_CHANNEL)  # for callers waiting on this task
     stage = values.get("stage", task.stage)
     who = task.worker_id if actor is None else (actor or None)
     insert_events(conn, task, tr.events, now, worker_id=who, attempt=task.attempt, stage=stage)
@@ -419,6 +434,8 @@ def apply_fenced_batch(
             return False
     insert_event_rows(conn, events, now)
     close_attempts(conn, closes)
+    if any(tr.to_status in ENDED_STATUSES for _t, tr, _f in items):
+        wakeup.notify(conn, wakeup.ENDED_CHANNEL)  # one for the batch: waiters re-read their tasks
     return True
 
 

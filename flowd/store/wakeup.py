@@ -28,13 +28,17 @@ import sqlalchemy as sa
 from flowd.logging import get_logger
 
 CHANNEL = "flowd_tasks"
+# a task reached completed or permanently_failed: what `TaskManager.wait()` listens for
+ENDED_CHANNEL = "flowd_ended"
 log = get_logger("flowd.wakeup")
 
 
-def notify(conn: sa.Connection) -> None:
-    """Announce due work to listening workers (PostgreSQL; a no-op elsewhere)."""
+def notify(conn: sa.Connection, channel: str = CHANNEL) -> None:
+    """Announce due work to listening workers, or (ENDED_CHANNEL) ended tasks to waiting
+    callers (PostgreSQL; a no-op elsewhere). Several NOTIFYs of one transaction are delivered
+    as one, so a batch of ends costs one notification."""
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
+        conn.exec_driver_sql(f"NOTIFY {channel}")
 
 
 class _WakeThread:
@@ -63,9 +67,10 @@ class Listener(_WakeThread):
 
     name = "flowd-listen"
 
-    def __init__(self, url: sa.URL, wake: Callable[[], None], *, poll: float = 1.0) -> None:
+    def __init__(self, url: sa.URL, wake: Callable[[], None], *, poll: float = 1.0, channel: str = CHANNEL) -> None:
         self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._poll = poll
+        self._channel = channel
         self.connected = threading.Event()
         super().__init__(wake)
 
@@ -76,7 +81,7 @@ class Listener(_WakeThread):
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {self._channel}")
                     self.connected.set()
                     backoff = 0.5
                     # a missed notification while reconnecting is covered by this wake-up
@@ -126,6 +131,21 @@ class FileWatcher(_WakeThread):
 
 # how often a MySQL worker asks whether a task became pending: the idle submit→start latency
 PROBE_INTERVAL = 0.05
+
+
+class Ticker(_WakeThread):
+    """Calls `wake` every `interval` seconds: on MySQL/MariaDB, a waiter's probe is the check
+    of the awaited tasks itself (primary-key look-ups), run at the workers' probe interval."""
+
+    name = "flowd-tick"
+
+    def __init__(self, wake: Callable[[], None], *, interval: float = PROBE_INTERVAL) -> None:
+        self._interval = interval
+        super().__init__(wake)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._wake()
 
 
 def _stamp_query() -> sa.Select[Any]:
