@@ -265,12 +265,15 @@ class TaskManager:
             for n, f in name.items():
                 self.use(n, f)
             return
-        if isinstance(fn, Mapping):
-            spec = make_spec(name, fn["handler"], fn.get("options"))
-        elif fn is not None:
-            spec = make_spec(name, fn)
-        else:
-            raise BadInput(f"use({name!r}) needs a handler function")
+        try:
+            if isinstance(fn, Mapping):
+                spec = make_spec(name, fn["handler"], fn.get("options"))
+            elif fn is not None:
+                spec = make_spec(name, fn)
+            else:
+                raise BadInput(f"use({name!r}) needs a handler function")
+        except opt.InvalidInput as e:
+            raise _bad(e) from e
         self._code_handlers[name] = spec
         self._removed.discard(name)
         self._refresh_worker()

@@ -108,7 +108,7 @@ def handler(
             "max_concurrent": max_concurrent,
             "steps": steps,
             "constraints": list(constraints) if constraints else None,
-            "schedule": {"cron": cron, "tz": tz, "payload": dict(payload or {})} if cron is not None else None,
+            "schedule": {"cron": cron, "tz": tz, "payload": payload} if cron is not None else None,
         }
     )
 
@@ -431,7 +431,13 @@ def make_spec(name: str, fn: Callable[..., Any], options: Mapping[str, Any] | No
     check_name(name)
     if not callable(fn):
         raise InvalidInput(f"handler for {name!r} is not callable")
-    return HandlerSpec(name=name, fn=fn, options=check_options(dict(options or {})))
+    opts = dict(options or {})
+    if any(k in opts for k in ("cron", "tz", "payload")):
+        # use(name, {"handler": fn, "options": {"cron": ..., "tz": ..., "payload": ...}}) as @handler takes them
+        if opts.get("cron") is None:
+            raise InvalidInput(f"handler {name!r}: tz and payload describe a schedule: give cron as well")
+        opts["schedule"] = {"cron": opts.pop("cron"), "tz": opts.pop("tz", None), "payload": opts.pop("payload", None)}
+    return HandlerSpec(name=name, fn=fn, options=check_options(opts))
 
 
 MODULE_SOURCE = "module:"

@@ -291,6 +291,21 @@ def find_active_by_key(conn: sa.Connection, key: str, type_: TaskType | None = N
     return to_record(row) if row is not None else None
 
 
+def active_by_keys(conn: sa.Connection, keys: Sequence[str], type_: TaskType) -> dict[str, TaskRecord]:
+    """Key → the newest unfinished task of that type with the key (for schedules declared in code)."""
+    if not keys:
+        return {}
+    q = sa.select(T).where(
+        T.c.key.in_(list(keys)), T.c.type == type_.value, T.c.status.notin_([s.value for s in FINISHED_STATUSES])
+    )
+    out: dict[str, TaskRecord] = {}
+    for row in conn.execute(q.order_by(T.c.id)).all():
+        t = to_record(row)
+        assert t.key is not None
+        out[t.key] = t  # ascending ids: the newest wins
+    return out
+
+
 def find_pending_by_key(conn: sa.Connection, key: str) -> TaskRecord | None:
     """The newest pending async task with `key` (the one a debounced submission replaces)."""
     q = sa.select(T).where(T.c.key == key, T.c.status == TaskStatus.PENDING.value, T.c.type == TaskType.ASYNC.value)
