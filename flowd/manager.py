@@ -177,7 +177,7 @@ class TaskManager:
                 output = self.import_output
                 with contextlib.redirect_stdout(output) if output is not None else contextlib.nullcontext():
                     self._modules = load_modules(self.settings.handler_modules)
-        if self._modules.errors and not require_dir:
+        if self._modules.errors and not require_dir and self._worker is None:
             raise BadInput(next(iter(self._modules.errors.values())))
         merged = merge(self._registry, self._modules)
         return merged.with_handlers(self._code_handlers.values()).without(self._removed)
@@ -185,12 +185,17 @@ class TaskManager:
     def _load_dir(self, require_dir: bool) -> Registry:
         d = Path(self.settings.handlers_dir)
         if not d.is_dir() and require_dir:
-            if "handlers_dir" in self.settings.model_fields_set:
+            if self.settings.handler_modules:
+                if "handlers_dir" in self.settings.model_fields_set:
+                    get_logger("flowd.plugins").warning(
+                        "handlers_dir_missing", path=str(d), serving="handler modules only"
+                    )
+            elif "handlers_dir" in self.settings.model_fields_set:
                 raise BadInput(
                     f"handlers directory {d} does not exist: create it, or pass "
                     f"{self._param('handlers', 'handlers_dir=')} / FLOWD_HANDLERS_DIR"
                 )
-            if not self.settings.handler_modules:
+            else:
                 # `flowd worker` in an empty directory: make the default plugin directory (watched:
                 # a file dropped there is loaded) and say where it is
                 d.mkdir(parents=True, exist_ok=True)
