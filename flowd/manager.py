@@ -438,9 +438,7 @@ class TaskManager:
         options = dict(options)
         tz = options.pop("tz", None) or self.settings.timezone or cron_rules.local_zone_name()
         if options.get("delay"):
-            raise BadInput(
-                f"{self._param('delay')} does not apply to cron tasks: the expression decides when they run"
-            )
+            raise BadInput(f"{self._param('delay')} does not apply to cron tasks: the expression decides when they run")
         try:
             norm = cron_rules.validate(expr)
             cron_rules.zone(tz)

@@ -21,12 +21,8 @@ def upgrade() -> None:
     op.add_column(
         "flowd_tasks", sa.Column("retry_backoff", sa.String(length=16), nullable=False, server_default="fixed")
     )
-    op.add_column(
-        "flowd_tasks", sa.Column("retry_max_interval", sa.Float(), nullable=False, server_default="3600")
-    )
-    op.add_column(
-        "flowd_tasks", sa.Column("retry_jitter", sa.Boolean(), nullable=False, server_default=sa.false())
-    )
+    op.add_column("flowd_tasks", sa.Column("retry_max_interval", sa.Float(), nullable=False, server_default="3600"))
+    op.add_column("flowd_tasks", sa.Column("retry_jitter", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
