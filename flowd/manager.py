@@ -107,6 +107,8 @@ class TaskManager:
         """
         self.cli = bool(settings.pop("_cli", False))
         given = settings.pop("settings", None)
+        if isinstance(db_url, Settings):  # TaskManager(Settings(...)): a ready Settings object
+            given, db_url = db_url, None
         if isinstance(given, Settings):  # a ready Settings object (embedding code, tests)
             self.settings = given
         else:
@@ -886,7 +888,7 @@ class TaskManager:
 
         source = config_path(config)
         checks = [_check("settings", "pass", f"loaded ({'file ' + str(source) if source else 'no settings file'})")]
-        handlers = _doctor_handlers(Path(self.settings.handlers_dir))
+        handlers = _doctor_handlers(Path(self.settings.handlers_dir), self.settings.handler_modules)
         try:
             db = self.db
             if db.sqlite_file is not None and not Path(db.sqlite_file).exists():
@@ -1037,17 +1039,21 @@ def _doctor_schema(current: str | None, head: str, known: bool) -> dict[str, Any
     )
 
 
-def _doctor_handlers(directory: Path) -> dict[str, Any]:
-    if not directory.is_dir():
+def _doctor_handlers(directory: Path, modules: Sequence[str] = ()) -> dict[str, Any]:
+    if not directory.is_dir() and not modules:
         return _check("handlers", "fail", f"{directory} is not a directory: create it or set FLOWD_HANDLERS_DIR")
-    reg = load_dir(directory)
+    reg = merge(load_dir(directory) if directory.is_dir() else Registry(), load_modules(modules))
+    where = ", ".join([*([str(directory)] if directory.is_dir() else []), *modules])
     if reg.errors:
-        # each error already reads "file:line: Type: message"
+        # each error already reads "file:line: Type: message" (or names the module)
         return _check(
-            "handlers", "fail", f"{len(reg.errors)} file(s) in {directory} failed to import", list(reg.errors.values())
+            "handlers",
+            "fail",
+            f"{len(reg.errors)} file(s) or module(s) of {where} failed to import",
+            list(reg.errors.values()),
         )
     listed = ", ".join(reg.names()) or "none found"
-    return _check("handlers", "pass", f"{len(reg.handlers)} handler(s) in {directory}: {listed}")
+    return _check("handlers", "pass", f"{len(reg.handlers)} handler(s) in {where}: {listed}")
 
 
 def _doctor_clock(server: datetime | None, local: datetime, dialect: str) -> dict[str, Any]:
