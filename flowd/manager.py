@@ -17,7 +17,6 @@ from flowd.audit import retention as retention_mod
 from flowd.audit import views
 from flowd.clock import after, iso, utcnow
 from flowd.engine import flows, ops
-from flowd.engine.waiting import Waiters
 from flowd.errors import BadInput, DatabaseUnavailable, FlowdError, NotFound, TaskFailed
 from flowd.logging import get_logger
 from flowd.model import EventType, HandlerRecord, NewTask, Page, TaskId, TaskRecord, TaskStatus, TaskType
@@ -50,6 +49,7 @@ from flowd.store.tasks import TaskFilter
 
 if TYPE_CHECKING:
     # the worker (threads, asyncio, sockets) loads only when a worker runs: `flowd submit` stays quick
+    from flowd.engine.waiting import Waiters
     from flowd.engine.worker import Worker
 
 # progress(done, total or None): how far a long operation got (the CLI draws a bar)
@@ -614,6 +614,8 @@ class TaskManager:
         return t if t.status in task_store.ENDED_STATUSES else None
 
     def _waiter(self) -> Waiters:
+        from flowd.engine.waiting import Waiters  # asyncio and the watcher load only when someone waits
+
         with self._lazy:
             if self._waiters is None:
                 self._waiters = Waiters(self.db, self.settings.poll_interval)
@@ -621,13 +623,15 @@ class TaskManager:
 
     @staticmethod
     def _check_timeout(timeout: float | None) -> float | None:
+        import math
+
         if timeout is None:
             return None
         try:
-            t = opt._finite("timeout", timeout)
-        except opt.InvalidInput as e:
-            raise BadInput(str(e)) from e
-        if t < 0:
+            t = float(timeout)
+        except (TypeError, ValueError) as e:
+            raise BadInput(f"timeout must be a number of seconds (or None), not {timeout!r}") from e
+        if not math.isfinite(t) or t < 0:
             raise BadInput(f"timeout must be >= 0 seconds (or None to wait without limit), not {timeout!r}")
         return t
 
