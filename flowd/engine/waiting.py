@@ -126,8 +126,8 @@ class Waiters:
                 with self._db.read() as conn:
                     for i in range(0, len(ids), 1000):
                         ended += task_store.ended_among(conn, ids[i : i + 1000])
-            except DatabaseUnavailable as e:
-                log.warning("wait_check_failed", error=str(e))
+            except Exception as e:  # an unreachable database, or anything else: the waiters wait on
+                log.warning("wait_check_failed", error=str(e) if isinstance(e, DatabaseUnavailable) else repr(e))
                 self._closed.wait(min(self._poll, 1.0))
                 continue
             with self._lock:
