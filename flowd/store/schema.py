@@ -19,7 +19,7 @@ from flowd.rules.options import dump_json
 
 metadata = sa.MetaData()
 
-SCHEMA_REVISION = "0008"
+SCHEMA_REVISION = "0009"
 """The Alembic head this code expects; a test proves it matches the migrations."""
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -112,6 +112,8 @@ tasks = sa.Table(
     # the domain object the task is about (flowd_entities keeps its projection)
     sa.Column("entity_type", _s(64), nullable=True),
     sa.Column("entity_id", _s(255), nullable=True),
+    # attempts in a row interrupted by the death of their worker (max_recoveries ends the run)
+    sa.Column("recoveries", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_flowd_tasks_parent", "parent_id", "parent_stage"),
     sa.Index("ix_flowd_tasks_root", "root_id"),
     sa.Index("ix_flowd_tasks_worker", "worker_id", "status"),

@@ -61,7 +61,9 @@ def _ms(v: Any) -> datetime:
 _DECODE: tuple[tuple[int, Callable[[Any], Any]], ...] = tuple(
     (i, _ms if name in _MILLIS else json.loads) for i, name in enumerate(_COLUMNS) if name in _MILLIS | _JSON
 )
-_INTS = tuple(_COLUMNS.index(n) for n in ("id", "priority", "stage", "retry_count", "max_retries", "attempt"))
+_INTS = tuple(
+    _COLUMNS.index(n) for n in ("id", "priority", "stage", "retry_count", "max_retries", "attempt", "recoveries")
+)
 _OPTIONAL_INTS = tuple(_COLUMNS.index(n) for n in ("parent_id", "root_id", "flow_id"))
 _FLOATS = tuple(_COLUMNS.index(n) for n in ("retry_interval", "timeout"))
 _I = {name: _COLUMNS.index(name) for name in ("type", "status", "payload", "labels", "context", "constrained")}
