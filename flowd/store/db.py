@@ -301,7 +301,7 @@ class Database:
         if result[0] is None:
             log.info("schema_created", db=self.display_url, revision=result[1])
         elif result[0] != result[1]:
-            log.warning("schema_migrated", db=self.display_url, from_revision=result[0], to_revision=result[1])
+            log.info("schema_migrated", db=self.display_url, from_revision=result[0], to_revision=result[1])
         return result
 
     def _migration_engine(self) -> sa.Engine:
