@@ -298,9 +298,7 @@ class Database:
         finally:
             if engine is not self.engine:
                 engine.dispose()
-        if result[0] is None:
-            log.info("schema_created", db=self.display_url, revision=result[1])
-        elif result[0] != result[1]:
+        if result[0] is not None and result[0] != result[1]:
             log.info("schema_migrated", db=self.display_url, from_revision=result[0], to_revision=result[1])
         return result
 
