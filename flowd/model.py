@@ -132,6 +132,8 @@ class TaskRecord(_Fields):
     constrained: bool = False
     entity_type: str | None = None
     entity_id: str | None = None
+    # attempts in a row interrupted by the death (or supersession) of their worker
+    recoveries: int = 0
     retry_backoff: str = "fixed"
     retry_max_interval: float = 3600.0
     retry_jitter: bool = False
