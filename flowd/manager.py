@@ -20,7 +20,7 @@ from flowd.engine import flows, ops
 from flowd.errors import BadInput, DatabaseUnavailable, FlowdError, NotFound
 from flowd.logging import get_logger
 from flowd.model import EventType, HandlerRecord, NewTask, Page, TaskId, TaskRecord, TaskType
-from flowd.plugins import HandlerSpec, PluginError, PluginLoader, Registry, load_dir, make_spec
+from flowd.plugins import HandlerSpec, PluginError, PluginLoader, Registry, make_spec
 from flowd.registry import catalog
 from flowd.rules import constraints as cons
 from flowd.rules import cron as cron_rules
@@ -92,6 +92,7 @@ class TaskManager:
         self._watching: threading.Event | None = None
         self._code_handlers: dict[str, HandlerSpec] = {}
         self._removed: set[str] = set()
+        self._reported: set[str] = set()  # plugin files whose failure is already logged
         self._worker: Worker | None = None
         self._thread: threading.Thread | None = None
         self._clock: Callable[[], datetime] = clock or utcnow
@@ -112,10 +113,15 @@ class TaskManager:
         if self._registry is None:
             d = Path(self.settings.handlers_dir)
             if d.is_dir():
-                self._loader = PluginLoader(d)
+                self._loader = PluginLoader(d, self.settings.plugin_import_timeout)
                 output = self.import_output
                 with contextlib.redirect_stdout(output) if output is not None else contextlib.nullcontext():
                     base, _changes = self._loader.load()
+                # a plugin that blocks at import is given up on at the timeout, and said so:
+                # a command must never hang, nor wait silently
+                for path in self._loader.timed_out():
+                    get_logger("flowd.plugins").error("plugin_load_failed", file=path, error=base.errors[path])
+                    self._reported.add(path)
             elif require_dir:
                 raise BadInput(
                     f"handlers directory {d} does not exist: create it, or pass --handlers / FLOWD_HANDLERS_DIR"
@@ -691,7 +697,7 @@ class TaskManager:
 
         source = config_path(config)
         checks = [_check("settings", "pass", f"loaded ({'file ' + str(source) if source else 'no settings file'})")]
-        handlers = _doctor_handlers(Path(self.settings.handlers_dir))
+        handlers = _doctor_handlers(Path(self.settings.handlers_dir), self.settings.plugin_import_timeout)
         try:
             db = self.db
             if db.sqlite_file is not None and not Path(db.sqlite_file).exists():
@@ -765,6 +771,8 @@ class TaskManager:
         if reg.errors:
             log = get_logger("flowd.plugins")
             for path, err in reg.errors.items():
+                if path in self._reported:
+                    continue
                 tb = self._loader.traceback_of(path) if self._loader is not None else None
                 log.error("plugin_load_failed", file=path, error=err, traceback=tb)
         if install_signals:
@@ -831,10 +839,11 @@ def _doctor_schema(current: str | None, head: str, known: bool) -> dict[str, Any
     )
 
 
-def _doctor_handlers(directory: Path) -> dict[str, Any]:
+def _doctor_handlers(directory: Path, import_timeout: float) -> dict[str, Any]:
     if not directory.is_dir():
         return _check("handlers", "fail", f"{directory} is not a directory: create it or set FLOWD_HANDLERS_DIR")
-    reg = load_dir(directory)
+    # the worker's import timeout: a plugin that blocks at import is a FAIL, not a hang
+    reg = PluginLoader(directory, import_timeout).load()[0]
     if reg.errors:
         # each error already reads "file:line: Type: message"
         return _check(

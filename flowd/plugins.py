@@ -144,6 +144,10 @@ class PluginError(Exception):
         self.traceback = traceback
 
 
+class PluginImportTimeout(PluginError):
+    """A plugin file whose import did not finish in time (it blocks at import)."""
+
+
 @dataclass(frozen=True)
 class Registry:
     """An immutable name → HandlerSpec mapping, plus the load errors that produced it."""
@@ -270,7 +274,10 @@ def _import_file(path: Path, timeout: float | None = None) -> ModuleType:
     t.start()
     t.join(timeout)
     if t.is_alive():
-        raise PluginError(f"{path}: import did not finish within {timeout:g}s (a plugin must not block at import)")
+        raise PluginImportTimeout(
+            f"{path}: import did not finish within {timeout:g}s, gave up on it "
+            "(a plugin must not block at import; see the plugin_import_timeout setting)"
+        )
     if "error" in box:
         err = box["error"]
         if isinstance(err, PluginError):
@@ -321,6 +328,10 @@ class PluginLoader:
         self._failed: dict[Path, tuple[str, PluginError]] = {}  # path -> (version, error)
         self.new_errors: dict[str, str] = {}
         """The failures the last `load()` found for the first time (log them once)."""
+
+    def timed_out(self) -> list[str]:
+        """The files whose last import was abandoned at the timeout (keys of the registry's errors)."""
+        return [str(p) for p, (_v, e) in self._failed.items() if isinstance(e, PluginImportTimeout)]
 
     def traceback_of(self, path: str) -> str | None:
         """The traceback of the failed import of `path` (a key of the registry's errors)."""

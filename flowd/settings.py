@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_grace: float = Field(60.0, ge=0)
     reload: bool = True
+    # seconds a plugin file may take to import before a command gives up on it (worker and CLI alike)
+    plugin_import_timeout: float = Field(10.0, gt=0, le=3600)
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = Field("127.0.0.1", min_length=1)
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
