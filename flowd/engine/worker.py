@@ -741,6 +741,7 @@ class Worker:
                 s.worker_heartbeat_timeout,
                 now,
                 recover=s.recover_running_jobs,
+                standby=self.standby,
             )
             self._swept(sweep)
             self.lease_renewed_at = now if sweep.lease_held else None
