@@ -12,14 +12,20 @@ renderer up at the first record. A command that logs nothing never pays for the 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import sys
 import threading
-from typing import Any
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any, TextIO
 
 _wanted: tuple[str | None, str] | None = None  # (format, level) of the last configure()
 _applied = False
 _lock = threading.RLock()
+# the plugin file being imported in this thread (its import-time output is plugin_output)
+_importing: ContextVar[str | None] = ContextVar("flowd_importing", default=None)
 
 
 def configure(log_format: str | None = None, level: str = "info", *, defer: bool = False) -> None:
@@ -53,7 +59,7 @@ def _apply() -> None:
             structlog.stdlib.add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
         ]
-        fmt = log_format or ("console" if sys.stderr.isatty() else "json")
+        fmt = _format(log_format)
         renderer: Any
         if fmt == "json":
             renderer = structlog.processors.JSONRenderer()
@@ -79,6 +85,98 @@ def _apply() -> None:
         handler.setFormatter(formatter)
         logging.getLogger().handlers[:] = [handler]
         _applied = True
+
+
+def _format(log_format: str | None) -> str:
+    return log_format or ("console" if sys.stderr.isatty() else "json")
+
+
+@contextlib.contextmanager
+def importing(path: str) -> Iterator[None]:
+    """Mark what this thread prints meanwhile as the import-time output of plugin `path`."""
+    token = _importing.set(path)
+    try:
+        yield
+    finally:
+        _importing.reset(token)
+
+
+class _OutputLog(io.TextIOBase):
+    """A text stream that turns every line written to it into a log record.
+
+    With JSON logs a worker's stderr carries only JSON objects: what a plugin prints at
+    import becomes `plugin_output` (with its file), what a handler prints `handler_output`
+    (with the task's id, name and attempt, bound by the runner), anything else `output`.
+    Lines are gathered per thread, so concurrent handlers never mix halves of their lines.
+    """
+
+    encoding = "utf-8"
+
+    def __init__(self, name: str, level: int, original: TextIO) -> None:
+        self.name = name
+        self.level = level
+        self.original = original
+        self._local = threading.local()
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        # code that writes to the descriptor itself (faulthandler) bypasses the log
+        return self.original.fileno()
+
+    def write(self, text: str) -> int:
+        if getattr(self._local, "emitting", False):
+            # the log's own failure report (logging.Handler.handleError): never loop
+            return self.original.write(text)
+        pending: str = getattr(self._local, "pending", "") + text
+        *lines, rest = pending.split("\n")
+        self._local.pending = rest
+        for line in lines:
+            self._emit(line)
+        return len(text)
+
+    def flush(self) -> None:
+        rest = getattr(self._local, "pending", "")
+        if rest:
+            self._local.pending = ""
+            self._emit(rest)
+
+    def _emit(self, line: str) -> None:
+        import structlog
+
+        plugin = _importing.get()
+        extra: dict[str, Any] = {"stream": self.name, "text": line.rstrip("\r")}
+        if plugin is not None:
+            event = "plugin_output"
+            extra["file"] = plugin
+        elif "task_id" in structlog.contextvars.get_contextvars():
+            event = "handler_output"
+        else:
+            event = "output"
+        self._local.emitting = True
+        try:
+            get_logger("flowd.output").log(self.level, event, **extra)
+        finally:
+            self._local.emitting = False
+
+
+def capture_output() -> bool:
+    """With JSON logs, make sys.stdout and sys.stderr log every line they get as a record
+    (stdout at info, stderr at warning); returns whether it did. The log handler keeps
+    the real stderr. A worker calls it once, after `configure`."""
+    with _lock:
+        if _wanted is None or _format(_wanted[0]) != "json":
+            return False
+        _apply()
+        if not isinstance(sys.stdout, _OutputLog):
+            sys.stdout = _OutputLog("stdout", logging.INFO, sys.stdout)
+        if not isinstance(sys.stderr, _OutputLog):
+            sys.stderr = _OutputLog("stderr", logging.WARNING, sys.stderr)
+        return True
 
 
 class _FirstRecord(logging.Handler):

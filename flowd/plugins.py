@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
+from flowd.logging import importing
 from flowd.model import EventType
 from flowd.rules.constraints import Constraint
 from flowd.rules.options import InvalidInput, check_name, check_options
@@ -244,7 +245,8 @@ def _exec_file(path: Path, source: bytes) -> ModuleType:
     try:
         # compile the bytes we hashed (never a cached .pyc): the version is what runs
         code = compile(source, str(path), "exec")
-        exec(code, module.__dict__)
+        with importing(str(path)):  # what it prints now is its import-time output
+            exec(code, module.__dict__)
     except BaseException as e:
         tb = traceback.extract_tb(e.__traceback__)
         mine = path.resolve()
