@@ -107,7 +107,8 @@ class _OutputLog(io.TextIOBase):
     With JSON logs a worker's stderr carries only JSON objects: what a plugin prints at
     import becomes `plugin_output` (with its file), what a handler prints `handler_output`
     (with the task's id, name and attempt, bound by the runner), anything else `output`.
-    Lines are gathered per thread, so concurrent handlers never mix halves of their lines.
+    Lines are gathered per context (thread, or asyncio task), so concurrent handlers never
+    mix halves of their lines; the end of an attempt (`unbind`) flushes a last unfinished line.
     """
 
     encoding = "utf-8"
@@ -117,6 +118,7 @@ class _OutputLog(io.TextIOBase):
         self.level = level
         self.original = original
         self._local = threading.local()
+        self._pending: ContextVar[str] = ContextVar(f"flowd_pending_{name}", default="")
 
     def writable(self) -> bool:
         return True
@@ -132,17 +134,16 @@ class _OutputLog(io.TextIOBase):
         if getattr(self._local, "emitting", False):
             # the log's own failure report (logging.Handler.handleError): never loop
             return self.original.write(text)
-        pending: str = getattr(self._local, "pending", "") + text
-        *lines, rest = pending.split("\n")
-        self._local.pending = rest
+        *lines, rest = (self._pending.get() + text).split("\n")
+        self._pending.set(rest)
         for line in lines:
             self._emit(line)
         return len(text)
 
     def flush(self) -> None:
-        rest = getattr(self._local, "pending", "")
+        rest = self._pending.get()
         if rest:
-            self._local.pending = ""
+            self._pending.set("")
             self._emit(rest)
 
     def _emit(self, line: str) -> None:
@@ -176,7 +177,26 @@ def capture_output() -> bool:
             sys.stdout = _OutputLog("stdout", logging.INFO, sys.stdout)
         if not isinstance(sys.stderr, _OutputLog):
             sys.stderr = _OutputLog("stderr", logging.WARNING, sys.stderr)
+        # multi-line reports become one record each, not one per line: warnings, and the
+        # traceback of a thread that died (a hook's, a plugin import's)
+        logging.captureWarnings(True)
+        threading.excepthook = _log_thread_crash
         return True
+
+
+def _log_thread_crash(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    thread = args.thread.name if args.thread is not None else None
+    exc = (args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
+    get_logger("flowd").error("thread_crashed", thread=thread, exc_info=exc)
+
+
+def _flush_output() -> None:
+    """Log what the current context printed without a final newline (captured streams only)."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, _OutputLog):
+            stream.flush()
 
 
 class _FirstRecord(logging.Handler):
@@ -221,6 +241,8 @@ def bind(**values: Any) -> Any:
 
 
 def unbind(tokens: Any) -> None:
+    """Reset what `bind` set; a handler's unfinished output line is logged first, with its task."""
     import structlog
 
+    _flush_output()
     structlog.contextvars.reset_contextvars(**tokens)

@@ -34,17 +34,27 @@ def test_handler_log_lines__carry_task_id_name_attempt_worker(cli: Cli) -> None:
 
 PRINTS = """
 import sys
+import threading
+import warnings
 from flowd import handler
 
 print("hello from import")
 print("import warning", file=sys.stderr)
+
+def crash():
+    raise RuntimeError("thread died")
 
 @handler("printer")
 def printer(task):
     print("handler says", task.payload["n"])
     sys.stderr.write("partial ")
     sys.stderr.write("line\\n")
-    print("no newline", end="", flush=True)
+    print("flushed, no newline", end="", flush=True)
+    warnings.warn("careful")
+    t = threading.Thread(target=crash, name="helper")
+    t.start()
+    t.join()
+    print("left unfinished", end="")
     return "ok"
 """
 
@@ -65,7 +75,13 @@ def test_json_logs__what_plugins_and_handlers_print_is_one_json_record_a_line(cl
     assert [(r["stream"], r["text"]) for r in handler_out] == [
         ("stdout", "handler says 7"),
         ("stderr", "partial line"),
-        ("stdout", "no newline"),
+        ("stdout", "flushed, no newline"),
+        ("stdout", "left unfinished"),  # logged when the attempt ends, with its task
     ]
     for r in handler_out:
         assert (r["task_id"], r["task_name"], r["attempt"]) == (tid, "printer", 1)
+    # multi-line reports are one record each
+    (warned,) = [r for r in records if "careful" in r["event"]]
+    assert warned["logger"] == "py.warnings"
+    (crashed,) = [r for r in records if r["event"] == "thread_crashed"]
+    assert crashed["thread"] == "helper" and "RuntimeError: thread died" in crashed["exception"]
