@@ -15,7 +15,10 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from collections.abc import MutableMapping
 from typing import Any
+
+from flowd.errors import describe, is_statement_error
 
 _wanted: tuple[str | None, str] | None = None  # (format, level) of the last configure()
 _applied = False
@@ -64,6 +67,7 @@ def _apply() -> None:
                 # drop lines below the level first: a per-task debug line must cost nothing
                 structlog.stdlib.filter_by_level,
                 *shared,
+                _hide_sql,
                 structlog.processors.format_exc_info,
                 structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
             ],
@@ -73,12 +77,31 @@ def _apply() -> None:
         )
         formatter = structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _hide_sql, renderer],
         )
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(formatter)
         logging.getLogger().handlers[:] = [handler]
         _applied = True
+
+
+def _hide_sql(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Below debug level, a logged database error shows its traceback and one clean line:
+    the text SQLAlchemy gives it (the SQL and the bound parameters: payloads, secrets) is
+    logged only when the level is debug."""
+    exc = event.get("exc_info")
+    if not exc or logging.getLogger().isEnabledFor(logging.DEBUG):
+        return event
+    if exc is True:
+        exc = sys.exc_info()
+    e = exc[1] if isinstance(exc, tuple) else exc
+    if isinstance(e, BaseException) and is_statement_error(e):
+        import traceback
+
+        del event["exc_info"]
+        event["exception"] = "Traceback (most recent call last):\n" + "".join(traceback.format_tb(e.__traceback__))
+        event["exception"] += describe(e)
+    return event
 
 
 class _FirstRecord(logging.Handler):
