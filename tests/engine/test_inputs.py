@@ -192,3 +192,29 @@ def test_database_errors__described_without_sql_or_parameters(mgr: TaskManager) 
     line = describe(caught.value)
     assert "hunter2" not in line and "SELECT" not in line and "\n" not in line
     assert line.startswith("the database refused a statement")
+
+
+@pytest.mark.parametrize(("level", "shown"), [("info", False), ("debug", True)])
+def test_logged_database_errors__sql_and_parameters_only_at_debug_level(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str], level: str, shown: bool
+) -> None:
+    import json
+
+    from flowd.logging import configure, get_logger
+
+    engine = sa.create_engine(sqlite_url)
+    query, params = sa.text("SELECT x FROM no_such_table WHERE x = :secret"), {"secret": "hunter" + "2"}
+    configure("json", level)
+    try:
+        with engine.connect() as conn:
+            conn.execute(query, params)  # the traceback shows this line, not the values
+    except sa.exc.DBAPIError:
+        get_logger("flowd.worker").exception("worker_tick_failed")
+    finally:
+        engine.dispose()
+        configure("json", "warning", defer=True)
+    [line] = capsys.readouterr().err.splitlines()
+    rec = json.loads(line)
+    assert rec["event"] == "worker_tick_failed" and "Traceback" in rec["exception"]
+    assert ("hunter2" in rec["exception"]) is shown
+    assert ("the database refused a statement" in rec["exception"]) is not shown
