@@ -533,9 +533,9 @@ class TaskManager:
     def check_page(limit: int, offset: int, order: str = "asc") -> None:
         """Refuse a bad page request (BadInput): limit >= 1, offset >= 0, order asc|desc."""
         if not 1 <= limit <= MAX_ID:
-            raise BadInput(f"limit must be from 1 to {MAX_ID}, not {limit}")
+            raise BadInput(f"limit must be positive and at most {MAX_ID}, not {limit}")
         if not 0 <= offset <= MAX_ID:
-            raise BadInput(f"offset must be from 0 to {MAX_ID}, not {offset}")
+            raise BadInput(f"offset must be >= 0 and at most {MAX_ID}, not {offset}")
         if order not in ("asc", "desc"):
             raise BadInput(f"order must be asc or desc, not {order!r}")
 
@@ -603,9 +603,9 @@ class TaskManager:
         if unknown:
             raise BadInput(f"unknown event type(s) {unknown}: use e.g. task_failed, task_checkpoint, task_progress")
         if attempt is not None and not 1 <= attempt <= PRIORITY_MAX:
-            raise BadInput(f"attempt numbers run from 1 to {PRIORITY_MAX}, not {attempt}")
+            raise BadInput(f"attempt numbers start at 1 and end at {PRIORITY_MAX}, not {attempt}")
         if stage is not None and not 0 <= stage <= PRIORITY_MAX:
-            raise BadInput(f"stage must be from 0 to {PRIORITY_MAX}, not {stage}")
+            raise BadInput(f"stage must be >= 0 and at most {PRIORITY_MAX}, not {stage}")
         if since is not None and until is not None and since > until:
             raise BadInput("--since is after --until: nothing can match")
         ef = EventFilter(
