@@ -218,3 +218,19 @@ def test_logged_database_errors__sql_and_parameters_only_at_debug_level(
     assert rec["event"] == "worker_tick_failed" and "Traceback" in rec["exception"]
     assert ("hunter2" in rec["exception"]) is shown
     assert ("the database refused a statement" in rec["exception"]) is not shown
+
+
+def test_handler_database_error__stored_without_sql_or_parameters(mgr: TaskManager) -> None:
+    def query(t: Any) -> None:
+        with mgr.db.engine.connect() as conn:
+            conn.execute(sa.text("SELECT x FROM flowd_nothing WHERE x = :p"), {"p": t.payload["secret"]})
+
+    mgr.use("query", query)
+    tid = mgr.submit("query", {"secret": "hunter2"}, max_retries=1)
+    drain(mgr)
+    t = mgr.get_task(tid)
+    assert t.status is TaskStatus.PERMANENTLY_FAILED
+    assert (t.error or "").startswith("the database refused a statement")
+    for e in mgr.task_audit(tid)["events"]["items"]:
+        assert "hunter2" not in (e["message"] or "") and "hunter2" not in str(e["metadata"])
+        assert "SELECT x" not in (e["message"] or "")
