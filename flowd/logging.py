@@ -17,9 +17,11 @@ import io
 import logging
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextvars import ContextVar
 from typing import Any, TextIO
+
+from flowd.errors import describe, is_statement_error
 
 _wanted: tuple[str | None, str] | None = None  # (format, level) of the last configure()
 _applied = False
@@ -70,6 +72,7 @@ def _apply() -> None:
                 # drop lines below the level first: a per-task debug line must cost nothing
                 structlog.stdlib.filter_by_level,
                 *shared,
+                _hide_sql,
                 structlog.processors.format_exc_info,
                 structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
             ],
@@ -79,7 +82,7 @@ def _apply() -> None:
         )
         formatter = structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, _hide_sql, renderer],
         )
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(formatter)
@@ -197,6 +200,25 @@ def _flush_output() -> None:
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, _OutputLog):
             stream.flush()
+
+
+def _hide_sql(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Below debug level, a logged database error shows its traceback and one clean line:
+    the text SQLAlchemy gives it (the SQL and the bound parameters: payloads, secrets) is
+    logged only when the level is debug."""
+    exc = event.get("exc_info")
+    if not exc or logging.getLogger().isEnabledFor(logging.DEBUG):
+        return event
+    if exc is True:
+        exc = sys.exc_info()
+    e = exc[1] if isinstance(exc, tuple) else exc
+    if isinstance(e, BaseException) and is_statement_error(e):
+        import traceback
+
+        del event["exc_info"]
+        event["exception"] = "Traceback (most recent call last):\n" + "".join(traceback.format_tb(e.__traceback__))
+        event["exception"] += describe(e)
+    return event
 
 
 class _FirstRecord(logging.Handler):

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
+from flowd.limits import MAX_SECONDS
 from flowd.logging import importing
 from flowd.model import EventType
 from flowd.rules.constraints import Constraint
@@ -124,7 +125,7 @@ def on(event: str, *, timeout: float = DEFAULT_HOOK_TIMEOUT) -> Callable[[F], F]
     `timeout` seconds; what it raises is logged and never affects the task."""
     if event not in HOOK_EVENTS:
         raise InvalidInput(f"@on({event!r}): unknown event; use one of {', '.join(sorted(HOOK_EVENTS))}")
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_SECONDS:
         raise InvalidInput(f"@on({event!r}): timeout must be positive seconds, not {timeout!r}")
 
     def mark(fn: F) -> F:

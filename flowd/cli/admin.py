@@ -159,7 +159,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def top(
         once: Annotated[bool, typer.Option("--once", help="draw one frame and exit")] = False,
-        interval: Annotated[float, typer.Option("--interval", help="seconds between refreshes", min=0.1)] = 1.0,
+        interval: Annotated[
+            float, typer.Option("--interval", help="seconds between refreshes", min=0.1, max=3600)
+        ] = 1.0,
         json_: JsonOpt = False,
         db: DbOpt = None,
         config: ConfigOpt = None,
