@@ -100,10 +100,15 @@ class TaskManager:
     @property
     def db(self) -> Database:
         if self._db is None:
+            s = self.settings
             self._db = Database(
-                self.settings.db_url,
-                pool_size=min(max(self.settings.max_concurrent_tasks + 2, 5), 50),
-                sqlite_synchronous=self.settings.sqlite_synchronous,
+                s.db_url,
+                pool_size=s.db_pool_size,
+                # a SQLite connection costs no server slot: one per running attempt and then some
+                sqlite_pool_size=min(max(s.max_concurrent_tasks + 2, 5), 50),
+                sqlite_synchronous=s.sqlite_synchronous,
+                pooled=s.db_pooled,
+                listen_url=s.db_listen_url,
             )
         return self._db
 
