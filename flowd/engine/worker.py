@@ -55,6 +55,9 @@ FLUSH_WINDOW = 0.002
 # Seconds between STATUS updates under systemd without a watchdog (with one, every ping).
 STATUS_INTERVAL = 10.0
 
+# Seconds between the log lines of a worker waiting at start for an unreachable database.
+START_REPORT_INTERVAL = 60.0
+
 
 def new_worker_id(pod_id: str | None) -> str:
     """A unique id for this process: host, pod, pid and a random suffix."""
@@ -205,9 +208,42 @@ class Worker:
         if self.on_registered is not None:
             self.on_registered()
 
+    def _start_when_reachable(self, stop_event: threading.Event | None) -> bool:
+        """`start()`, tried again with a growing pause (up to 30 s) while the database cannot be
+        reached; False when a stop came first.
+
+        A fleet started against a full server (too many clients) or before the database is up
+        waits for it: one log line at the first failure and at most one a minute after, never
+        a traceback per try.
+        """
+        pause = 0.5
+        said_at: float | None = None
+        while True:
+            try:
+                self.start()
+                return True
+            except DatabaseUnavailable as e:
+                if said_at is None or time.monotonic() - said_at >= START_REPORT_INTERVAL:
+                    said_at = time.monotonic()
+                    log.warning("database_unavailable_at_start", error=str(e), retrying="with back-off up to 30 s")
+            # a stop request (signal, request_stop) puts None in the inbox: the pause ends at once
+            try:
+                self._inbox.get(timeout=pause)
+            except queue.Empty:
+                pass
+            if self.stopping or (stop_event is not None and stop_event.is_set()):
+                return False
+            pause = min(pause * 2, 30.0)
+
     def close(self, now: datetime | None = None) -> None:
         """Hand back attempts still running, deregister, release threads."""
         now = now or self.clock()
+        if not self.started:  # never registered (the database was never reached): nothing to undo
+            self.closed = True
+            self._pool.shutdown()
+            self._async.shutdown()
+            self.hooks.close(timeout=1.0)
+            return
         # outcomes that came back during the last wait are written, not handed back
         self._drain_inbox()
         try:
@@ -274,7 +310,9 @@ class Worker:
     # -- the loop --------------------------------------------------------------------
     def run_forever(self, stop_event: threading.Event | None = None) -> None:
         """Run until `request_stop()` (or `stop_event`), then drain within the grace period."""
-        self.start()
+        if not self._start_when_reachable(stop_event):
+            self.close()
+            return
         # a submit in another process wakes the idle loop within milliseconds: LISTEN/NOTIFY
         # on PostgreSQL, a watch on the database file on SQLite (only a waiting loop needs it;
         # run_once callers drive the worker themselves)
