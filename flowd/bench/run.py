@@ -272,6 +272,19 @@ def _wait_done(m: TaskManager, fleet: Fleet, after_id: int, total: int, deadline
         time.sleep(0.05)
 
 
+def _wait_registered(m: TaskManager, fleet: Fleet, workers: int, deadline: float, say: Update) -> None:
+    """Poll the worker registry until all `workers` have registered (their start-up is done)."""
+    while True:
+        live = m.workers("active", limit=1).total
+        say("fleet start", live, workers)
+        if live >= workers:
+            return
+        fleet.check_alive()
+        if time.monotonic() > deadline:
+            raise BenchFailed(f"{live} of {workers} workers registered before the bench timeout")
+        time.sleep(0.2)
+
+
 def run(cfg: BenchConfig, update: Update | None = None) -> dict[str, Any]:
     """Run the benchmark and return its figures (one JSON-ready document)."""
     check(cfg)
@@ -297,15 +310,17 @@ def run(cfg: BenchConfig, update: Update | None = None) -> dict[str, Any]:
             with m.db.read() as conn:
                 first_id = bench_store.max_task_id(conn)
 
-            say("bulk enqueue", 0, cfg.tasks)
-            t0 = time.perf_counter()
-            ids = m.submit_many([(HANDLER, payload)] * cfg.tasks)
-            bulk_s = time.perf_counter() - t0
-            last_id = max(ids)
-
             listen_url = bench_store.same_database_on(cfg.listen_db, url) if cfg.listen_db else None
             fleet = Fleet(url, plugins, tmp, cfg.workers, cfg.concurrency, listen_url)
             try:
+                # the whole fleet is up and idle before the work arrives: every worker has the
+                # same chance at it (a queue filled before the start goes to the first-started)
+                _wait_registered(m, fleet, cfg.workers, deadline, say)
+                say("bulk enqueue", 0, cfg.tasks)
+                t0 = time.perf_counter()
+                ids = m.submit_many([(HANDLER, payload)] * cfg.tasks)
+                bulk_s = time.perf_counter() - t0
+                last_id = max(ids)
                 _wait_done(m, fleet, first_id, cfg.tasks, deadline, say)
                 with m.db.read() as conn:
                     n, first, last = bench_store.attempt_span(conn, first_id, last_id)

@@ -399,11 +399,13 @@ class Database:
 
         return migrate.is_known(revision)
 
-    def listen(self, wake: Callable[[], None]) -> Any:
+    def listen(self, wake: Callable[[], None], *, answer: Callable[[int], bool] | None = None) -> Any:
         """Start a thread that calls `wake` on new work: LISTEN (PostgreSQL), a watch on the
         database file (SQLite), a probe of the newest pending task (MySQL/MariaDB); None
         where only polling works (in-memory SQLite, PostgreSQL behind a pooler with no
-        direct `listen_url`). On a server the thread keeps one connection of its own."""
+        direct `listen_url`). On a server the thread keeps one connection of its own.
+        `answer(count)` decides whether a NOTIFY announcing `count` due tasks wakes this
+        process (None: every one does)."""
         from flowd.store import wakeup
 
         if self.dialect == "postgresql":
@@ -413,7 +415,7 @@ class Database:
                 return None
             # a listen URL of its own is probed in "auto" and trusted otherwise
             pooled = (None if self._pooled_setting == "auto" else False) if separate else self.pooled
-            return wakeup.Listener(self.listen_url, wake, pooled=pooled).start()
+            return wakeup.Listener(self.listen_url, wake, pooled=pooled, answer=answer).start()
         if self.sqlite_file is not None:
             return wakeup.FileWatcher(self.sqlite_file, wake).start()
         if not self.is_sqlite:

@@ -31,10 +31,22 @@ CHANNEL = "flowd_tasks"
 log = get_logger("flowd.wakeup")
 
 
-def notify(conn: sa.Connection) -> None:
-    """Announce due work to listening workers (PostgreSQL; a no-op elsewhere)."""
+def notify(conn: sa.Connection, count: int = 1) -> None:
+    """Announce `count` due tasks to listening workers (PostgreSQL; a no-op elsewhere).
+
+    The payload is the count: a listener may leave a small announcement to a few of the
+    fleet (Worker.wants_wake). An empty payload (an older flowd) counts as one.
+    """
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
+        conn.exec_driver_sql(f"NOTIFY {CHANNEL}, '{max(1, int(count))}'")
+
+
+def announced(payload: str) -> int:
+    """The task count a notification's payload announces (1 when it says nothing usable)."""
+    try:
+        return max(1, int(payload))
+    except ValueError:
+        return 1
 
 
 class _WakeThread:
@@ -80,11 +92,20 @@ class Listener(_WakeThread):
 
     name = "flowd-listen"
 
-    def __init__(self, url: sa.URL, wake: Callable[[], None], *, poll: float = 1.0, pooled: bool | None = None) -> None:
+    def __init__(
+        self,
+        url: sa.URL,
+        wake: Callable[[], None],
+        *,
+        poll: float = 1.0,
+        pooled: bool | None = None,
+        answer: Callable[[int], bool] | None = None,
+    ) -> None:
         self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._display = url.render_as_string(hide_password=True)
         self._poll = poll
         self._pooled = pooled
+        self._answer = answer
         self.connected = threading.Event()
         super().__init__(wake)
 
@@ -108,8 +129,9 @@ class Listener(_WakeThread):
                     # a missed notification while reconnecting is covered by this wake-up
                     self._wake()
                     while not self._stop.is_set():
-                        for _n in conn.notifies(timeout=self._poll, stop_after=1):
-                            self._wake()
+                        for n in conn.notifies(timeout=self._poll, stop_after=1):
+                            if self._answer is None or self._answer(announced(n.payload)):
+                                self._wake()
             except Exception as e:  # a lost connection: LISTEN again after a pause
                 self.connected.clear()
                 log.warning("listen_connection_lost", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
