@@ -370,9 +370,10 @@ def kv(doc: dict[str, Any]) -> None:
 
 
 def checks(doc: dict[str, Any]) -> None:
-    """`flowd doctor`: one line per check (PASS / FAIL / SKIP), its errors indented below."""
+    """`flowd doctor`: one line per check (PASS / WARN / FAIL / SKIP), its errors indented below."""
     c = console()
     mark = {"pass": ("PASS", "green"), "fail": ("FAIL", "bold red"), "skip": ("SKIP", "dim")}
+    mark["warn"] = ("WARN", "yellow")
     for check in doc["checks"]:
         label, style = mark[check["status"]]
         # soft wrap: one check stays one line however narrow the terminal (grep-able)

@@ -423,5 +423,48 @@ class Database:
             return wakeup.Prober(self._server_engine(self.url, 1), wake).start()
         return None
 
+    def pooling_report(self) -> dict[str, Any] | None:
+        """PostgreSQL: pooling and the connection budget as the server sees them (None elsewhere).
+
+        `pooled` (db_url through a pooler), `listen_pooled` (the LISTEN URL; None when it
+        could not be reached, with `listen_error`), `statement_timeout` (seconds in force
+        inside a transaction), `max_connections`, `reserved` (superuser slots) and `in_use`
+        (client backends on the whole server).
+        """
+        if self.dialect != "postgresql":
+            return None
+        with self.read() as conn:
+            timeout = conn.exec_driver_sql(
+                "SELECT EXTRACT(epoch FROM current_setting('statement_timeout')::interval)"
+            ).scalar_one()
+            max_connections = int(conn.exec_driver_sql("SHOW max_connections").scalar_one())
+            reserved = int(conn.exec_driver_sql("SHOW superuser_reserved_connections").scalar_one())
+            in_use = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            ).scalar_one()
+        report: dict[str, Any] = {
+            "pooled": bool(self.pooled),
+            "listen_pooled": self.pooled,
+            "listen_error": None,
+            "statement_timeout": float(timeout),
+            "max_connections": max_connections,
+            "reserved": reserved,
+            "in_use": int(in_use),
+        }
+        if self.listen_url != self.url:
+            import psycopg
+
+            conninfo = self.listen_url.set(drivername="postgresql").render_as_string(hide_password=False)
+            try:
+                with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+                    report["listen_pooled"] = behind_pooler(conn)
+            except psycopg.Error as e:
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                reason = reason.replace(str(self.listen_url.password or "\0"), "***")
+                shown = self.listen_url.render_as_string(hide_password=True)
+                report["listen_pooled"] = None
+                report["listen_error"] = f"{shown} is unreachable: {reason}"
+        return report
+
     def dispose(self) -> None:
         self.engine.dispose()
