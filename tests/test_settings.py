@@ -77,3 +77,16 @@ def test_missing_or_broken_config_file__refused(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("timeout = [\n")
     with pytest.raises(BadInput, match="not valid TOML"):
         load_settings(tmp_path / "bad.toml")
+
+
+def test_db_pooling_settings__words_bools_and_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert (s.db_pooled, s.db_pool_size, s.db_listen_url) == ("auto", 1, None)
+    monkeypatch.setenv("FLOWD_DB_POOLED", "TRUE")
+    monkeypatch.setenv("FLOWD_DB_LISTEN_URL", "postgresql+psycopg://flowd@db:5432/flowd")
+    s = load_settings()
+    assert s.db_pooled == "true" and s.db_listen_url == "postgresql+psycopg://flowd@db:5432/flowd"
+    assert load_settings(db_pooled=False).db_pooled == "false"
+    for bad in ({"db_pool_size": 0}, {"db_pooled": "sometimes"}):
+        with pytest.raises(BadInput):
+            load_settings(**bad)
