@@ -167,8 +167,8 @@ class Worker:
         about WAKE_FANOUT workers per task, not the whole idle fleet.
 
         Every idle listener wakes on a NOTIFY, and each woken worker runs a claim: with 60
-        idle workers one submit cost about 60 claims (160 ms of the fleet's CPU and 57 ms of
-        the server's), 59 of them finding nothing. Each worker answers with probability
+        idle workers one submit cost about 60 claims (100-160 ms of the fleet's CPU and
+        40-57 ms of the server's), 59 of them finding nothing. Each worker answers with probability
         WAKE_FANOUT * count / fleet size (the fleet as the handler registry counts it), so
         about 8 claim; the chance that none answers is about e^-8 (0.03 %), and then the
         next poll (`poll_interval`) or a freed slot finds the task. A fleet of up to 8
