@@ -875,6 +875,9 @@ def _doctor_pooler(r: dict[str, Any], setting: str, poll_interval: float) -> dic
     if r["listen_error"] is not None:
         return _check("pooler", "fail", f"db_listen_url: {r['listen_error']}")
     if not r["pooled"]:
+        if r["listen_pooled"]:  # db_pooled = true on a direct URL: correct, but no LISTEN
+            fix = f"db_pooled = true: workers poll every {poll_interval:g}s (set it to auto, or set db_listen_url)"
+            return _check("pooler", "warn", f"direct connection; {timeout}; {fix}")
         return _check("pooler", "pass", f"direct connection; {timeout}; LISTEN works")
     if setting == "false":
         return _check("pooler", "fail", "a pooler answers but db_pooled = false: set it to auto or true")

@@ -426,7 +426,7 @@ class Database:
     def pooling_report(self) -> dict[str, Any] | None:
         """PostgreSQL: pooling and the connection budget as the server sees them (None elsewhere).
 
-        `pooled` (db_url through a pooler), `listen_pooled` (the LISTEN URL; None when it
+        `pooled` (db_url through a pooler, asked whatever the setting), `listen_pooled` (the LISTEN URL; None when it
         could not be reached, with `listen_error`), `statement_timeout` (seconds in force
         inside a transaction), `max_connections`, `reserved` (superuser slots) and `in_use`
         (client backends on the whole server).
@@ -434,6 +434,10 @@ class Database:
         if self.dialect != "postgresql":
             return None
         with self.read() as conn:
+            # asked again whatever the setting says: a doctor checks the setting too
+            raw: Any = conn.connection.dbapi_connection
+            announced = raw.info.backend_pid
+            detected = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != announced
             timeout = conn.exec_driver_sql(
                 "SELECT EXTRACT(epoch FROM current_setting('statement_timeout')::interval)"
             ).scalar_one()
@@ -443,8 +447,9 @@ class Database:
                 "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
             ).scalar_one()
         report: dict[str, Any] = {
-            "pooled": bool(self.pooled),
-            "listen_pooled": self.pooled,
+            "pooled": bool(detected),
+            "pooled_setting": self._pooled_setting,
+            "listen_pooled": bool(detected) if self.pooled is None else self.pooled,
             "listen_error": None,
             "statement_timeout": float(timeout),
             "max_connections": max_connections,

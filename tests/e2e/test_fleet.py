@@ -189,3 +189,33 @@ def test_worker_started_before_its_database__waits_with_one_line_then_serves(tmp
         with admin.connect() as c:
             c.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         admin.dispose()
+
+
+def test_bench__through_pgbouncer_reports_claims_per_worker_and_server_cpu(tmp_path: Path) -> None:
+    import json
+    import sys
+
+    base = server_url("postgres")
+    if not base:
+        pytest.skip("postgres: set FLOWD_TEST_POSTGRES_URL to run")
+    pooled = pgbouncer.pooled_url(base)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWD_")}
+    args = ["--db", pooled, "--listen-db", base, "--workers", "3", "--tasks", "90", "--handler", "sleep:5"]
+    p = subprocess.run(
+        [sys.executable, "-m", "flowd", "bench", *args, "--skip", "latency,single", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads(p.stdout)
+    claims = doc["claims_per_worker"]
+    # the fleet is up before the work arrives: every figure counts all three workers
+    assert 0 <= claims["min"] <= claims["median"] <= claims["max"] <= 90
+    # the server runs here: its backends' CPU is measured (through the pooler: its connections)
+    assert isinstance(doc["server_idle_cpu_percent"], float) and doc["server_idle_cpu_percent"] >= 0
+    assert isinstance(doc["fleet_idle_cpu_percent"], float)
+    assert set(doc["submit_cpu_ms"]) == {"fleet", "server"}
+    assert all(isinstance(v, float) and v >= 0 for v in doc["submit_cpu_ms"].values())
