@@ -117,10 +117,15 @@ class TaskManager:
     @property
     def db(self) -> Database:
         if self._db is None:
+            s = self.settings
             self._db = Database(
-                self.settings.db_url,
-                pool_size=min(max(self.settings.max_concurrent_tasks + 2, 5), 50),
-                sqlite_synchronous=self.settings.sqlite_synchronous,
+                s.db_url,
+                pool_size=s.db_pool_size,
+                # a SQLite connection costs no server slot: one per running attempt and then some
+                sqlite_pool_size=min(max(s.max_concurrent_tasks + 2, 5), 50),
+                sqlite_synchronous=s.sqlite_synchronous,
+                pooled=s.db_pooled,
+                listen_url=s.db_listen_url,
             )
         return self._db
 
@@ -762,8 +767,8 @@ class TaskManager:
             version, server, local = db.server_info(self._clock)
             current, head = db.schema_version()
         except FlowdError as e:
-            skipped = [_check(n, "skip", "database not reachable") for n in ("schema", "clock")]
-            return [*checks, _check("database", "fail", str(e)), skipped[0], handlers, skipped[1]]
+            skipped = [_check(n, "skip", "database not reachable") for n in ("schema", "clock", "pooler", "capacity")]
+            return [*checks, _check("database", "fail", str(e)), skipped[0], handlers, *skipped[1:]]
         known = db.is_known_revision(current) if current else False
         return [
             *checks,
@@ -771,6 +776,25 @@ class TaskManager:
             _doctor_schema(current, head, known),
             handlers,
             _doctor_clock(server, local, db.dialect),
+            *self._doctor_pooling(current == head),
+        ]
+
+    def _doctor_pooling(self, schema_ready: bool) -> list[dict[str, Any]]:
+        """The pooler and connections checks (PostgreSQL; skipped elsewhere)."""
+        from flowd.registry import catalog
+
+        db, s = self.db, self.settings
+        try:
+            report = db.pooling_report()
+            fleet = catalog.fleet_size(db, self._clock()) if schema_ready and report is not None else 0
+        except FlowdError as e:
+            return [_check("pooler", "fail", str(e)), _check("capacity", "skip", "database not reachable")]
+        if report is None:
+            skip = f"{db.dialect}: PostgreSQL only"
+            return [_check("pooler", "skip", skip), _check("capacity", "skip", skip)]
+        return [
+            _doctor_pooler(report, s.db_pooled, s.poll_interval),
+            _doctor_connections(report, s.db_pool_size, fleet),
         ]
 
     # -- the in-process worker -------------------------------------------------------
@@ -869,7 +893,7 @@ def _check(name: str, status: str, detail: str, errors: Sequence[str] = ()) -> d
 def doctor(config: str | None = None, **overrides: Any) -> dict[str, Any]:
     """`flowd doctor`: settings, database, schema, handlers and clock checks; writes nothing."""
     checks: list[dict[str, Any]] = []
-    names = ("database", "schema", "handlers", "clock")
+    names = ("database", "schema", "handlers", "clock", "pooler", "capacity")
     try:
         m = TaskManager(config=config, **overrides)
     except FlowdError as e:
@@ -907,6 +931,49 @@ def _doctor_handlers(directory: Path, import_timeout: float) -> dict[str, Any]:
         )
     listed = ", ".join(reg.names()) or "none found"
     return _check("handlers", "pass", f"{len(reg.handlers)} handler(s) in {directory}: {listed}")
+
+
+def _doctor_pooler(r: dict[str, Any], setting: str, poll_interval: float) -> dict[str, Any]:
+    """Each thing a transaction-mode pooler forbids, checked: startup options, the statement
+    limit inside a transaction, prepared statements, LISTEN."""
+    timeout = f"statement_timeout {r['statement_timeout']:g}s in force"
+    if r["listen_error"] is not None:
+        return _check("pooler", "fail", f"db_listen_url: {r['listen_error']}")
+    if not r["pooled"]:
+        if r["listen_pooled"]:  # db_pooled = true on a direct URL: correct, but no LISTEN
+            fix = f"db_pooled = true: workers poll every {poll_interval:g}s (set it to auto, or set db_listen_url)"
+            return _check("pooler", "warn", f"direct connection; {timeout}; {fix}")
+        return _check("pooler", "pass", f"direct connection; {timeout}; LISTEN works")
+    if setting == "false":
+        return _check("pooler", "fail", "a pooler answers but db_pooled = false: set it to auto or true")
+    if r["statement_timeout"] <= 0:
+        return _check("pooler", "fail", "a pooler answers and statement_timeout is not in force inside a transaction")
+    detail = (
+        f"a pooler answers: no startup options, {timeout} (SET LOCAL per transaction), "
+        "no prepared statements; "
+    )
+    if r["listen_pooled"]:
+        fix = f"LISTEN cannot work through it: workers poll every {poll_interval:g}s (set db_listen_url: a direct URL)"
+        return _check("pooler", "warn", detail + fix)
+    return _check("pooler", "pass", detail + "LISTEN on db_listen_url, a direct connection")
+
+
+def _doctor_connections(r: dict[str, Any], pool_size: int, fleet: int) -> dict[str, Any]:
+    """Connections in use against max_connections, and how many more workers fit."""
+    usable = r["max_connections"] - r["reserved"]
+    per_worker = pool_size + 1
+    detail = (
+        f"{r['in_use']} of {r['max_connections']} in use ({r['reserved']} reserved for superusers); "
+        f"{fleet} worker(s) live, each up to db_pool_size + 1 = {per_worker}"
+    )
+    if r["pooled"]:
+        return _check("capacity", "pass", detail + "; behind the pooler, its pool is what the server sees")
+    room = (usable - r["in_use"]) // per_worker
+    if r["in_use"] >= usable * 0.9:
+        return _check("capacity", "fail", detail + ": the server is nearly full; put PgBouncer in front")
+    if room < max(5, fleet // 4):
+        return _check("capacity", "warn", detail + f": room for {room} more worker(s); consider PgBouncer")
+    return _check("capacity", "pass", detail + f"; room for about {room} more worker(s)")
 
 
 def _doctor_clock(server: datetime | None, local: datetime, dialect: str) -> dict[str, Any]:

@@ -246,7 +246,7 @@ def insert_copies(conn: sa.Connection, copies: Sequence[Copy], now: datetime) ->
         events.append((tid, _root_of(tpl, tid), *shared[id(tpl)][1]))
     bulk.insert_values(conn, E, _EVENT_KEYS, events)
     if any(tpl.next_run_time is None or tpl.next_run_time <= now for tpl in templates.values()):
-        wakeup.notify(conn)
+        wakeup.notify(conn, len(ids))
     return ids
 
 
