@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from flowd.clock import after, iso
+from flowd.limits import MAX_SECONDS
 from flowd.model import AttemptOutcome, EventType, TaskRecord, TaskStatus, TaskType, WorkerRecord, WorkerStatus
 from flowd.rules.cron import next_fire
 
@@ -157,7 +158,8 @@ def _after_failure(
         wait = retry_wait(task)
         values: dict[str, Any] = {
             "retry_count": retry_count,
-            "next_run_time": after(now, wait),
+            # bounded: a row written before intervals were (flowd.limits) must not jam the worker
+            "next_run_time": after(now, min(wait, MAX_SECONDS)),
             "stage": 0,
             "result": None,
             "context": None,

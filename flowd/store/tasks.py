@@ -251,7 +251,7 @@ def insert_copies(conn: sa.Connection, copies: Sequence[Copy], now: datetime) ->
         events.append((tid, _root_of(tpl, tid), *shared[id(tpl)][1]))
     bulk.insert_values(conn, E, _EVENT_KEYS, events)
     if any(tpl.next_run_time is None or tpl.next_run_time <= now for tpl in templates.values()):
-        wakeup.notify(conn)
+        wakeup.notify(conn, len(ids))
     return ids
 
 
@@ -405,7 +405,7 @@ def apply_transition(
     if tr.to_status is TaskStatus.PENDING and task.status is not TaskStatus.RUNNING:
         wakeup.notify(conn)  # a resume: due now for any idle worker
     elif tr.to_status in ENDED_STATUSES:
-        wakeup.notify(conn, wakeup.ENDED_CHANNEL)  # for callers waiting on this task
+        wakeup.notify_ended(conn)  # for callers waiting on this task
     stage = values.get("stage", task.stage)
     who = task.worker_id if actor is None else (actor or None)
     insert_events(conn, task, tr.events, now, worker_id=who, attempt=task.attempt, stage=stage)
@@ -457,7 +457,7 @@ def apply_fenced_batch(
     insert_event_rows(conn, events, now)
     close_attempts(conn, closes)
     if any(tr.to_status in ENDED_STATUSES for _t, tr, _f in items):
-        wakeup.notify(conn, wakeup.ENDED_CHANNEL)  # one for the batch: waiters re-read their tasks
+        wakeup.notify_ended(conn)  # one for the batch: waiters re-read their tasks
     return True
 
 
@@ -682,10 +682,13 @@ def running_counts(conn: sa.Connection) -> dict[str, int]:
     return {str(w): int(n) for w, n in rows if w is not None}
 
 
-def queue_depth(conn: sa.Connection) -> list[tuple[str, str, int]]:
-    """(name, status, count) over every task: one grouped query on the (name, status) index."""
-    rows = conn.execute(sa.select(T.c.name, T.c.status, sa.func.count()).group_by(T.c.name, T.c.status)).all()
-    return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+def queue_depth(conn: sa.Connection, statuses: Iterable[str] | None = None) -> list[tuple[str, str, int]]:
+    """(name, status, count) over every task, or those in `statuses`: one grouped query on
+    the (name, status) index."""
+    q = sa.select(T.c.name, T.c.status, sa.func.count()).group_by(T.c.name, T.c.status)
+    if statuses is not None:
+        q = q.where(T.c.status.in_([str(s) for s in statuses]))
+    return [(str(r[0]), str(r[1]), int(r[2])) for r in conn.execute(q).all()]
 
 
 def running(conn: sa.Connection, limit: int) -> list[TaskRecord]:
