@@ -1166,10 +1166,7 @@ def _doctor_pooler(r: dict[str, Any], setting: str, poll_interval: float) -> dic
         return _check("pooler", "fail", "a pooler answers but db_pooled = false: set it to auto or true")
     if r["statement_timeout"] <= 0:
         return _check("pooler", "fail", "a pooler answers and statement_timeout is not in force inside a transaction")
-    detail = (
-        f"a pooler answers: no startup options, {timeout} (SET LOCAL per transaction), "
-        "no prepared statements; "
-    )
+    detail = f"a pooler answers: no startup options, {timeout} (SET LOCAL per transaction), no prepared statements; "
     if r["listen_pooled"]:
         fix = f"LISTEN cannot work through it: workers poll every {poll_interval:g}s (set db_listen_url: a direct URL)"
         return _check("pooler", "warn", detail + fix)
