@@ -36,6 +36,7 @@ OPTION_KEYS = (
     "retry_jitter",
 )
 BACKOFFS = ("fixed", "exponential")
+BACKOFF_DEFAULTS = {"retry_backoff": "fixed", "retry_max_interval": 3600.0, "retry_jitter": False}
 
 
 class InvalidInput(ValueError):
@@ -274,6 +275,8 @@ def resolve(*layers: Mapping[str, Any]) -> TaskOptions:
         for key in OPTION_KEYS:
             if key not in merged and layer.get(key) is not None:
                 merged[key] = layer[key]
+    for key, default in BACKOFF_DEFAULTS.items():  # today's fixed interval when no layer says
+        merged.setdefault(key, default)
     missing = [k for k in OPTION_KEYS if k not in merged]
     if missing:
         raise InvalidInput(f"options not resolved: {missing}")
