@@ -1,0 +1,63 @@
+"""Run the dashboard under uvicorn until SIGINT/SIGTERM, ending open event streams first."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+
+from flowd.errors import BadInput
+from flowd.web.app import create_app
+from flowd.web.security import is_loopback
+
+if TYPE_CHECKING:
+    from flowd.manager import TaskManager
+
+
+class _Server(uvicorn.Server):
+    """uvicorn waits for every open response before it exits: an event stream never ends by
+    itself, so the first signal also tells the streams to stop."""
+
+    def __init__(self, config: uvicorn.Config, stop: threading.Event) -> None:
+        super().__init__(config)
+        self.stop = stop
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.stop.set()
+        super().handle_exit(sig, frame)
+
+
+def check_bind(host: str, token: str | None) -> bool:
+    """True when `host` is reachable from other machines; refuses that without a token."""
+    public = not is_loopback(host)
+    if public and not token:
+        raise BadInput(
+            f"refusing to listen on {host} without a token: anyone who reaches it could read and change "
+            "your tasks; pass --token (or set FLOWD_WEB_TOKEN), or keep --host 127.0.0.1"
+        )
+    return public
+
+
+def serve(manager: TaskManager, host: str, port: int, token: str | None, *, log_level: str = "warning") -> None:
+    """Serve the dashboard in the foreground; returns after SIGINT/SIGTERM, streams closed."""
+    public = check_bind(host, token)
+    stop = threading.Event()
+    app = create_app(manager, token=token, public=public, stop=stop)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        lifespan="off",
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = _Server(config, stop)
+    try:
+        server.run()
+    finally:
+        stop.set()
+        manager.close()
