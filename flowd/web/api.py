@@ -32,8 +32,7 @@ def manager(request: Request) -> TaskManager:
 
 
 def _page_args(request: Request, default: int = 100) -> tuple[int, int]:
-    q = request.query_params
-    return params.integer(q, "limit", default) or default, params.integer(q, "offset", 0) or 0
+    return params.page(request.query_params, default)
 
 
 def tasks(request: Request) -> Response:
@@ -125,7 +124,7 @@ async def _reason(request: Request) -> str | None:
         try:
             doc = json.loads(body)
         except json.JSONDecodeError as e:
-            raise BadInput(f"the body is not valid JSON ({e.msg}): send {{\"reason\": \"...\"}} or nothing") from e
+            raise BadInput(f'the body is not valid JSON ({e.msg}): send {{"reason": "..."}} or nothing') from e
         if not isinstance(doc, dict) or not isinstance(doc.get("reason", ""), str | None):
             raise BadInput('the body must be a JSON object like {"reason": "..."}')
         reason = doc.get("reason") or reason

@@ -63,6 +63,10 @@ def _compact(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
+def _clip(text: str, width: int = 160) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _first_line(text: str | None) -> str:
     return text.strip().splitlines()[0] if text and text.strip() else ""
 
@@ -73,7 +77,7 @@ def templates() -> Jinja2Templates:
         autoescape=True,  # task names, payloads, errors and labels may hold HTML
         undefined=jinja2.StrictUndefined,
     )
-    env.filters.update(time=_time, secs=_secs, pretty=_pretty, compact=_compact, first_line=_first_line)
+    env.filters.update(time=_time, secs=_secs, pretty=_pretty, compact=_compact, first_line=_first_line, clip=_clip)
     return Jinja2Templates(env=env)
 
 
@@ -128,8 +132,7 @@ def overview(request: Request) -> Response:
 def task_list(request: Request) -> Response:
     q = request.query_params
     filters = params.task_filters(q)
-    offset = params.integer(q, "offset", 0) or 0
-    limit = params.integer(q, "limit", PAGE_SIZE) or PAGE_SIZE
+    limit, offset = params.page(q, PAGE_SIZE)
     page = page_json(manager(request).query_tasks(limit=limit, offset=offset, **filters), task_json)
     kept = [(k, v) for k, v in q.multi_items() if k in params.TASK_FILTERS and v]
 

@@ -22,6 +22,13 @@ def integer(q: QueryParams, name: str, default: int | None = None) -> int | None
         raise BadInput(f"{name} must be a whole number, not {text!r}") from None
 
 
+def page(q: QueryParams, default_limit: int) -> tuple[int, int]:
+    """`limit` and `offset` (checked by the TaskManager: a limit of 0 is refused, not defaulted)."""
+    limit = integer(q, "limit")
+    offset = integer(q, "offset")
+    return (default_limit if limit is None else limit), (0 if offset is None else offset)
+
+
 def labels(items: list[str]) -> dict[str, str]:
     """`label=K=V` parameters (repeatable), as `flowd list --label K=V`."""
     out: dict[str, str] = {}
