@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 class _Server(uvicorn.Server):
     """uvicorn waits for every open response before it exits: an event stream never ends by
-    itself, so the first signal also tells the streams to stop."""
+    itself, so the first signal also tells the streams to stop. The signal is handled, not
+    raised again after the shutdown: `flowd web` exits 0, as `flowd worker` does."""
 
     def __init__(self, config: uvicorn.Config, stop: threading.Event) -> None:
         super().__init__(config)
@@ -26,6 +27,7 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: Any) -> None:
         self.stop.set()
         super().handle_exit(sig, frame)
+        self._captured_signals.clear()
 
 
 def check_bind(host: str, token: str | None) -> bool:

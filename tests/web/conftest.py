@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
+
+from tests.e2e.conftest import Cli
 
 TOKEN = "test-token-0123"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -48,3 +51,11 @@ def csrf_of(html: str) -> str:
     found = re.search(r'name="csrf" value="([^"]+)"', html)
     assert found, "no CSRF field on the page"
     return found.group(1)
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Cli]:
+    """A flowd installation (SQLite, a plugin directory) for `flowd web` as a process."""
+    c = Cli(tmp_path, f"sqlite:///{tmp_path / 'flowd.db'}")
+    yield c
+    c.close()
