@@ -205,7 +205,8 @@ def test_retry__a_failure_starts_over_now_with_a_fresh_budget() -> None:
     assert tr.values == {"retry_count": 0, "next_run_time": NOW, "stage": 0, "context": None, "result": None}
     assert tr.events[0].type is EventType.TASK_STATUS_CHANGED
     assert tr.events[0].metadata == {"resume_reason": "retried by operator"}
-    with pytest.raises(r.Refused, match=r"cannot retry task \d+: it is paused \(allowed from: failed, permanently_failed, timeout\)"):
+    refused = r"cannot retry task \d+: it is paused \(allowed from: failed, permanently_failed, timeout\)"
+    with pytest.raises(r.Refused, match=refused):
         r.retry(task(S.PAUSED), None, NOW)
 
 
