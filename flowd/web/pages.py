@@ -125,7 +125,13 @@ def overview(request: Request) -> Response:
     doc = manager(request).overview()
     top = max([1, *(c + f for c, f in zip(doc["throughput"]["completed"], doc["throughput"]["failed"], strict=True))])
     return render(
-        request, "overview.html", title="overview", doc=doc, top=top, statuses=STATUSES, stream="/api/events/stream"
+        request,
+        "overview.html",
+        title="overview",
+        doc=doc,
+        top=top,
+        statuses=STATUSES,
+        stream="/api/events/stream?latest=1",
     )
 
 
@@ -148,7 +154,7 @@ def task_list(request: Request) -> Response:
         statuses=STATUSES,
         prev=link(offset - limit) if offset > 0 else None,
         next=link(offset + limit) if page["has_more"] else None,
-        stream="/api/events/stream",
+        stream="/api/events/stream?latest=1",
     )
 
 
@@ -174,7 +180,7 @@ def task_page(request: Request) -> Response:
         events=doc["events"],
         attempts=doc["attempts"],
         steps=_steps(request, t["name"]),
-        stream=f"/api/events/stream?task={t['id']}",
+        stream=f"/api/events/stream?latest=1&task={t['id']}",
     )
 
 
@@ -191,14 +197,14 @@ def workflow_page(request: Request) -> Response:
         rows=views.tree_rows(root, nodes, attempts),
         summary=summary,
         gantt=views.gantt(root, nodes, attempts, now),
-        stream=f"/api/events/stream?root={root.id}",
+        stream=f"/api/events/stream?latest=1&root={root.id}",
     )
 
 
 def workers_page(request: Request) -> Response:
     status = request.query_params.get("status") or None
     page = page_json(manager(request).workers(status, 200, 0), worker_json)
-    return render(request, "workers.html", title="workers", page=page, stream="/api/events/stream")
+    return render(request, "workers.html", title="workers", page=page, stream="/api/events/stream?latest=1")
 
 
 def handlers_page(request: Request) -> Response:
@@ -211,7 +217,7 @@ def handlers_page(request: Request) -> Response:
 
 def cron_page(request: Request) -> Response:
     page = page_json(manager(request).query_tasks(limit=500, offset=0, order="asc", type="cron"), task_json)
-    return render(request, "cron.html", title="cron", page=page, stream="/api/events/stream")
+    return render(request, "cron.html", title="cron", page=page, stream="/api/events/stream?latest=1")
 
 
 def constraints_page(request: Request) -> Response:

@@ -51,9 +51,14 @@ def _start(request: Request, m: Any, filters: dict[str, Any]) -> int:
 
 
 async def events_stream(request: Request) -> Response:
-    """`?task=&root=&name=&event_type=&after=`: each event as `id: N` and `data: {event JSON}`."""
+    """`?task=&root=&name=&event_type=&after=`: each event as `id: N` and `data: {event JSON}`.
+
+    `latest=1` sends only the newest event of each poll: what a page needs to know it should
+    refresh, without shipping every event of a busy fleet to every open browser.
+    """
     m = manager(request)
     filters = _filters(request)
+    latest = request.query_params.get("latest") in ("1", "true")
     # bad filters answer 400 here, before the stream starts
     after = await run_in_threadpool(_start, request, m, filters)
     await run_in_threadpool(functools.partial(m.events, after_id=after, limit=1, **filters))
@@ -66,8 +71,9 @@ async def events_stream(request: Request) -> Response:
         yield "retry: 2000\n\n"
         while not stop.is_set():
             batch = await run_in_threadpool(functools.partial(m.events, after_id=last, limit=BATCH, **filters))
-            for e in batch:
-                last = e.id
+            if batch:
+                last = batch[-1].id
+            for e in batch[-1:] if latest else batch:
                 yield f"id: {e.id}\ndata: {json.dumps(event_json(e), default=str, ensure_ascii=False)}\n\n"
             if batch:
                 quiet_since = time.monotonic()

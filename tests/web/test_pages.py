@@ -221,6 +221,12 @@ def test_stream__sends_new_events_with_filters_and_ends_on_stop(web: Any) -> Non
     r = c.get("/api/events/stream?name=echo&event_type=task_paused", headers={"Last-Event-ID": str(first_of_a - 1)})
     got = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
     assert [(e["task_id"], e["event_type"]) for e in got] == [(a, "task_paused"), (before, "task_paused")]
+    # latest=1 (the pages' stream): only the newest event of a poll, enough to say "refresh"
+    stop.clear()
+    threading.Timer(0.4, stop.set).start()
+    r = c.get("/api/events/stream?latest=1", headers={"Last-Event-ID": str(first_of_a - 1)})
+    got = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert [(e["task_id"], e["event_type"]) for e in got] == [(before, "task_paused")]
 
 
 @pytest.mark.parametrize("query", ["task=x", "event_type=nope", "after=abc"])

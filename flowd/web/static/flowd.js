@@ -35,7 +35,7 @@
     busy = true;
     setTimeout(function () {
       last = Date.now();
-      fetch(location.href, { credentials: "same-origin", headers: { "X-Flowd-Live": "1" } })
+      fetch(location.href, { credentials: "same-origin" })
         .then(function (r) { return r.ok ? r.text() : null; })
         .then(function (html) { if (html) swap(html); })
         .catch(function () {})
