@@ -767,6 +767,8 @@ def nodes_of_root(conn: sa.Connection, root_id: int) -> list[TaskNode]:
             progress_text=r.progress_text,
             progress_percent=r.progress_percent,
             last_event_time=r.last_event_time,
+            flow_id=r.flow_id,
+            flow_step=r.flow_step,
         )
         for r in rows
     ]
@@ -774,7 +776,7 @@ def nodes_of_root(conn: sa.Connection, root_id: int) -> list[TaskNode]:
 
 _NODE_COLUMNS = (
     "id", "name", "status", "parent_id", "stage", "error",
-    "current_stage_name", "progress_text", "progress_percent", "last_event_time",
+    "current_stage_name", "progress_text", "progress_percent", "last_event_time", "flow_id", "flow_step",
 )  # fmt: skip
 
 

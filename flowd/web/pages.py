@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import jinja2
 from markupsafe import Markup
@@ -15,13 +15,14 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from flowd.errors import BadInput, FlowdError
+from flowd.errors import BadInput, FlowdError, NotFound
 from flowd.rules.shapes import handler_json, page_json, task_json, worker_json
 from flowd.web import params, views
 from flowd.web.api import manager
 from flowd.web.security import SESSION_COOKIE, Guard
 
 PAGE_SIZE = 50
+FLOWS_SHOWN = 50  # flows of one workflow whose join the tree marks
 STATUSES = ("pending", "running", "suspended", "paused", "failed", "timeout", "completed", "permanently_failed")
 # which actions a task of each status offers (the rules of flowd pause/resume/cancel; retry = resume of a failure)
 OFFERED = {
@@ -152,6 +153,7 @@ def task_list(request: Request) -> Response:
         page=page,
         q=q,
         statuses=STATUSES,
+        here=str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""),
         prev=link(offset - limit) if offset > 0 else None,
         next=link(offset + limit) if page["has_more"] else None,
         stream="/api/events/stream?latest=1",
@@ -189,12 +191,21 @@ def workflow_page(request: Request) -> Response:
     root, nodes, attempts = m.workflow_tree(request.path_params["root_id"])
     summary = m.workflow_summary(root.id)
     now = datetime.now(UTC)
+    # each flow of the workflow names its join task (a few flows at most, one read each)
+    joins: dict[int, int] = {}
+    for flow_id in sorted({n.flow_id for n in nodes if n.flow_id is not None})[:FLOWS_SHOWN]:
+        try:
+            join = m.get_flow(flow_id)["join_task_id"]
+        except NotFound:
+            continue  # deleted since the tree was read
+        if join is not None:
+            joins[join] = flow_id
     return render(
         request,
         "workflow.html",
         title=f"workflow {root.id} {root.name}",
         root=task_json(root),
-        rows=views.tree_rows(root, nodes, attempts),
+        rows=views.tree_rows(root, nodes, attempts, joins),
         summary=summary,
         gantt=views.gantt(root, nodes, attempts, now),
         stream=f"/api/events/stream?latest=1&root={root.id}",
@@ -264,9 +275,12 @@ async def logout(request: Request) -> Response:
     return response
 
 
-def _back(task_id: int, deleted: bool, **query: str) -> Response:
-    where = "/tasks" if deleted else f"/tasks/{task_id}"
-    return RedirectResponse(f"{where}?{urlencode(query)}", 303)
+def _back(task_id: int, deleted: bool, target: str | None, **query: str) -> Response:
+    """Back where the form was (a list's row), else to the task (or the list once it is deleted)."""
+    where = _safe_next(target) if target else ("/tasks" if deleted else f"/tasks/{task_id}")
+    path, _, old = where.partition("?")
+    kept = [(k, v) for k, v in parse_qsl(old) if k not in ("msg", "error")]
+    return RedirectResponse(f"{path}?{urlencode([*kept, *query.items()])}", 303)
 
 
 async def task_action(request: Request) -> Response:
@@ -285,15 +299,16 @@ async def task_action(request: Request) -> Response:
         return await run_in_threadpool(error_page, request, problem, 403)
     verb = form.get("action", "")
     reason = form.get("reason", "").strip() or None
+    target = form.get("next")
     m = manager(request)
     try:
         if verb == "delete":
             await run_in_threadpool(m.delete_task, task_id)
-            return _back(task_id, True, msg=f"task {task_id} deleted")
+            return _back(task_id, True, target, msg=f"task {task_id} deleted")
         if verb not in ("pause", "resume", "cancel", "retry"):
             raise BadInput(f"unknown action {verb!r}")
         t = await run_in_threadpool(getattr(m, f"{verb}_task"), task_id, reason)
     except FlowdError as e:
         # a refused transition: back to the task with its one-line reason
-        return _back(task_id, False, error=str(e).replace("\n", " "))
-    return _back(task_id, False, msg=f"task {t.id} {t.status.value}")
+        return _back(task_id, False, target, error=str(e).replace("\n", " "))
+    return _back(task_id, False, target, msg=f"task {t.id} {t.status.value}")

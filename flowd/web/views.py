@@ -14,9 +14,14 @@ GANTT_LIMIT = 400
 
 
 def tree_rows(
-    root: TaskRecord, nodes: Sequence[TaskNode], attempts: Mapping[int, Sequence[AttemptRecord]]
+    root: TaskRecord,
+    nodes: Sequence[TaskNode],
+    attempts: Mapping[int, Sequence[AttemptRecord]],
+    joins: Mapping[int, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """The workflow depth-first from the root (children by id), one row per task with its depth."""
+    """The workflow depth-first from the root (children by id), one row per task with its depth;
+    `joins` maps a flow's join task to its flow, so steps and joins are marked."""
+    joins = joins or {}
     kids: dict[int, list[TaskNode]] = {}
     orphans: list[TaskNode] = []
     ids = {n.id for n in nodes}
@@ -48,6 +53,10 @@ def tree_rows(
                 "stage_name": node.current_stage_name,
                 "progress_text": node.progress_text,
                 "progress_percent": node.progress_percent,
+                "flow_id": joins.get(node.id, node.flow_id),
+                "flow_role": "join"
+                if node.id in joins
+                else (None if node.flow_id is None else f"step {node.flow_step}"),
             }
         )
         stack.extend((k, depth + 1) for k in reversed(kids.get(node.id, [])))

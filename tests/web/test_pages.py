@@ -77,6 +77,56 @@ def test_pages__every_page_renders_and_escapes_user_data(web: Any) -> None:
     assert c.get("/tasks?status=completed").text.count('href="/tasks/') >= 1
 
 
+def _run_until(m: Any, done: Any) -> None:
+    worker = m.make_worker()
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not done():
+            assert time.monotonic() < deadline, "the tasks did not finish"
+            worker.run_once()
+    finally:
+        worker.close()
+
+
+def test_pages__the_workflow_tree_marks_flow_steps_and_the_join(web: Any) -> None:
+    m, client = web
+
+    def starter(task: Any) -> Any:
+        return {"flow": task.start_flow([{"name": "step"}, {"name": "step"}], {"name": "join"})}
+
+    m.use({"starter": starter, "step": lambda task: 1, "join": lambda task: 2})
+    root = m.submit("starter", {})
+    _run_until(m, lambda: m.query_tasks(name="join", status="completed").total == 1)
+    flow = m.get_task(root).result["flow"]
+    steps = [t.id for t in m.query_tasks(name="step", order="asc").items]
+    join = m.query_tasks(name="join").items[0].id
+    tree = client().get(f"/workflows/{root}").text
+    for i, tid in enumerate(steps):
+        assert f'href="/tasks/{tid}">step #{tid}</a>' in tree
+        assert f'<span class="flow">flow {flow} step {i}</span>' in tree
+    assert f'href="/tasks/{join}">join #{join}</a>' in tree and f"flow {flow} join" in tree
+
+
+def test_pages__the_list_offers_each_row_s_actions_and_comes_back(web: Any) -> None:
+    m, client = web
+    pending = m.submit("echo", {}, allow_unknown=True)
+    paused = m.submit("echo", {}, allow_unknown=True)
+    m.pause_task(paused)
+    c = client()
+    assert 'data-action="pause"' not in c.get("/tasks").text  # not logged in: no buttons
+    c.post("/login", data={"token": TOKEN, "next": "/"})
+    listing = c.get("/tasks?name=echo").text
+    rows = {tid: listing.split(f'action="/tasks/{tid}/action"', 1)[1][:400] for tid in (pending, paused)}
+    assert 'value="pause"' in rows[pending] and 'value="resume"' in rows[paused]
+    assert 'name="next" value="/tasks?name=echo"' in listing
+    r = c.post(
+        f"/tasks/{pending}/action", data={"action": "cancel", "csrf": csrf_of(listing), "next": "/tasks?name=echo"}
+    )
+    assert r.status_code == 303 and r.headers["location"] == f"/tasks?name=echo&msg=task+{pending}+permanently_failed"
+    assert m.get_task(pending).status.value == "permanently_failed"
+
+
 def test_pages__errors_are_one_line_pages(web_sqlite: Any) -> None:
     _m, client = web_sqlite
     c = client()
