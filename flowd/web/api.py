@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from flowd.errors import BadInput
@@ -20,9 +20,14 @@ if TYPE_CHECKING:
 ACTIONS = ("pause", "resume", "cancel", "retry")
 
 
-def _json(doc: Any, status: int = 200) -> Response:
-    from flowd.web.app import FlowdJSON
+class FlowdJSON(JSONResponse):
+    """JSON as the CLI prints it with --json (non-JSON values as strings, UTF-8 kept)."""
 
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, default=str, ensure_ascii=False).encode("utf-8")
+
+
+def _json(doc: Any, status: int = 200) -> Response:
     return FlowdJSON(doc, status)
 
 

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from flowd.errors import BadInput, FlowdError, NotFound, TransitionRefused
 from flowd.web import api, pages, stream
-from flowd.web.security import SESSION_COOKIE, Guard
+from flowd.web.api import FlowdJSON
+from flowd.web.security import SESSION_COOKIE, Guard, is_loopback
 
 if TYPE_CHECKING:
     from flowd.manager import TaskManager
@@ -24,13 +24,6 @@ if TYPE_CHECKING:
 HERE = Path(__file__).parent
 # what anyone may fetch even where reading needs the token
 OPEN_PATHS = ("/login", "/static/", "/healthz")
-
-
-class FlowdJSON(JSONResponse):
-    """JSON as the CLI prints it with --json (non-JSON values as strings, UTF-8 kept)."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, default=str, ensure_ascii=False).encode("utf-8")
 
 
 def authenticated(request: Request) -> bool:
@@ -42,17 +35,30 @@ def authenticated(request: Request) -> bool:
 
 
 class ReadGate:
-    """Off loopback, every read needs the token too: pages send people to the login form, the API answers 401."""
+    """Off loopback, every read needs the token too: pages send people to the login form, the API
+    answers 401. On loopback, only a local Host is served: a web page elsewhere cannot read the
+    dashboard through a name that resolves to 127.0.0.1 (DNS rebinding)."""
 
     def __init__(self, app: ASGIApp, guard: Guard) -> None:
         self.app = app
         self.guard = guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.guard.public or scope["path"].startswith(OPEN_PATHS):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         request = Request(scope)
+        if not self.guard.public:
+            host = (request.url.hostname or "").lower()
+            if not is_loopback(host):
+                message = f"this dashboard answers on localhost only, not to Host {host!r}"
+                await FlowdJSON({"error": message}, 400)(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        if scope["path"].startswith(OPEN_PATHS):
+            await self.app(scope, receive, send)
+            return
         if not authenticated(request):
             response: Response
             if scope["path"].startswith("/api/"):

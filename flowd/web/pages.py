@@ -17,7 +17,7 @@ from starlette.templating import Jinja2Templates
 
 from flowd.errors import BadInput, FlowdError, NotFound
 from flowd.rules.shapes import handler_json, page_json, task_json, worker_json
-from flowd.web import params, views
+from flowd.web import api, params, views
 from flowd.web.api import manager
 from flowd.web.security import SESSION_COOKIE, Guard
 
@@ -113,12 +113,10 @@ def error_page(request: Request, message: str, status: int) -> Response:
 async def not_found(request: Request, exc: Exception) -> Response:
     from starlette.exceptions import HTTPException
 
-    from flowd.web.api import _json
-
     assert isinstance(exc, HTTPException)
     detail = "no such page" if exc.status_code == 404 else str(exc.detail)
     if request.url.path.startswith("/api/"):
-        return _json({"error": detail}, exc.status_code)
+        return api.FlowdJSON({"error": detail}, exc.status_code)
     return await run_in_threadpool(error_page, request, detail, exc.status_code)
 
 

@@ -14,6 +14,7 @@ from tests.e2e.conftest import Cli
 
 TOKEN = "test-token-0123"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
+BASE = "http://127.0.0.1:8765"  # a local dashboard answers to a local Host only
 
 
 Web = tuple[Any, Callable[..., TestClient]]
@@ -38,7 +39,7 @@ def _web(db_url: str, make_manager: Callable[..., Any]) -> Iterator[Web]:
     clients: list[TestClient] = []
 
     def client(token: str | None = TOKEN, public: bool = False, **kw: Any) -> TestClient:
-        c = TestClient(create_app(m, token=token, public=public, **kw), follow_redirects=False)
+        c = TestClient(create_app(m, token=token, public=public, **kw), base_url=BASE, follow_redirects=False)
         clients.append(c)
         return c
 

@@ -116,6 +116,19 @@ def test_api__off_loopback_reading_needs_the_token_too(web_sqlite: Any) -> None:
     assert local.get("/api/tasks").status_code == 200
 
 
+def test_api__a_local_dashboard_answers_to_a_local_host_only(web_sqlite: Any) -> None:
+    _m, client = web_sqlite
+    c = client()
+    for host in ("127.0.0.1:8765", "localhost", "[::1]:8765", "127.0.0.2"):
+        assert c.get("/api/stats", headers={"Host": host}).status_code == 200, host
+    for host in ("evil.example", "evil.example:8765", "10.0.0.1"):
+        r = c.get("/api/stats", headers={"Host": host})
+        assert r.status_code == 400 and "localhost only" in r.json()["error"], host
+        assert c.get("/", headers={"Host": host}).status_code == 400
+    # a public dashboard has the token instead: any Host name reaches it
+    assert client(public=True).get("/api/stats", headers={"Host": "flowd.example", **BEARER}).status_code == 200
+
+
 def test_api__refuses_a_public_dashboard_without_a_token(web_sqlite: Any) -> None:
     import pytest
 

@@ -228,7 +228,7 @@ def test_pages__the_database_password_never_reaches_a_page(tmp_path: Any) -> Non
     # nothing listens on port 9: every page is the error page naming the (masked) URL
     m = TaskManager(db_url="postgresql+psycopg://flowd:s3cret-pw@127.0.0.1:9/flowd", handlers_dir=str(tmp_path))
     try:
-        with TestClient(create_app(m, token=TOKEN)) as c:
+        with TestClient(create_app(m, token=TOKEN), base_url="http://localhost") as c:
             for path in ("/", "/tasks", "/tasks/1", "/api/tasks"):
                 r = c.get(path)
                 assert r.status_code == 503, (path, r.text[:300])
