@@ -23,6 +23,7 @@ from flowd.web.security import SESSION_COOKIE, Guard
 
 PAGE_SIZE = 50
 FLOWS_SHOWN = 50  # flows of one workflow whose join the tree marks
+TREE_SHOWN = 2000  # tasks drawn in a workflow's tree (the summary still counts every one)
 STATUSES = ("pending", "running", "suspended", "paused", "failed", "timeout", "completed", "permanently_failed")
 # which actions a task of each status offers (the rules of flowd pause/resume/cancel; retry = resume of a failure)
 OFFERED = {
@@ -198,12 +199,14 @@ def workflow_page(request: Request) -> Response:
             continue  # deleted since the tree was read
         if join is not None:
             joins[join] = flow_id
+    rows = views.tree_rows(root, nodes, attempts, joins)
     return render(
         request,
         "workflow.html",
         title=f"workflow {root.id} {root.name}",
         root=task_json(root),
-        rows=views.tree_rows(root, nodes, attempts, joins),
+        rows=rows[:TREE_SHOWN],
+        hidden_rows=max(0, len(rows) - TREE_SHOWN),
         summary=summary,
         gantt=views.gantt(root, nodes, attempts, now),
         stream=f"/api/events/stream?latest=1&root={root.id}",
