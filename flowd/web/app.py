@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -64,7 +65,7 @@ class ReadGate:
             if scope["path"].startswith("/api/"):
                 response = FlowdJSON({"error": "this dashboard needs the token: send Authorization: Bearer TOKEN"}, 401)
             else:
-                response = RedirectResponse(f"/login?next={request.url.path}", 303)
+                response = RedirectResponse(f"/login?next={quote(request.url.path)}", 303)
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
