@@ -18,13 +18,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_web(cli: Cli, *args: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start_web(cli: Cli, *args: str, port: int, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start `flowd web` and wait until it answers /healthz."""
     fh = open(log, "wb")  # noqa: SIM115 - closed with the process
     p = subprocess.Popen(
         [sys.executable, "-m", "flowd", "web", "--port", str(port), *args],
         cwd=cli.tmp,
-        env=cli.env,
+        env={**cli.env, **(env or {})},
         stdout=fh,
         stderr=subprocess.STDOUT,
         start_new_session=True,

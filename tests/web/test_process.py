@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import time
@@ -21,6 +22,28 @@ def test_web__refuses_a_public_address_without_a_token(cli: Cli) -> None:
     assert "refusing to listen on 0.0.0.0 without a token" in p.stderr and "--token" in p.stderr
     short = cli.run("web", "--token", "short", check=False, timeout=30)
     assert short.returncode == 2 and "web_token" in short.stderr
+
+
+def test_web__on_a_public_address_every_read_needs_the_token(cli: Cli, tmp_path: Path) -> None:
+    port = free_port()
+    token = "env-token-123"
+    web = start_web(cli, "--host", "0.0.0.0", port=port, log=tmp_path / "web.log", env={"FLOWD_WEB_TOKEN": token})
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/api/tasks")
+        r = conn.getresponse()
+        assert r.status == 401 and b"Bearer" in r.read()
+        conn.request("GET", "/api/tasks", headers={"Authorization": f"Bearer {token}"})
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["total"] == 0
+        conn.request("GET", "/tasks")
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 303 and r.getheader("location") == "/login?next=/tasks"
+        conn.close()
+    finally:
+        web.terminate()
+        assert web.wait(10) == 0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
