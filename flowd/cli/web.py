@@ -32,8 +32,10 @@ def register(app: typer.Typer) -> None:
         s = m.settings
         check_bind(s.web_host, s.web_token)  # before anything is opened
         configure(s.log_format, s.log_level)
-        shown = f"[{s.web_host}]" if ":" in s.web_host else s.web_host
         actions = "actions need the token" if s.web_token else "read-only: no token, actions disabled"
-        sys.stderr.write(f"flowd web: http://{shown}:{s.web_port}/ on {m.db.display_url} ({actions})\n")
-        sys.stderr.flush()
-        serve(m, s.web_host, s.web_port, s.web_token)
+
+        def announce(url: str) -> None:
+            sys.stderr.write(f"flowd web: {url} on {m.db.display_url} ({actions})\n")
+            sys.stderr.flush()
+
+        serve(m, s.web_host, s.web_port, s.web_token, announce=announce)

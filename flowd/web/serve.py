@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from flowd.errors import BadInput
+from flowd.errors import BadInput, FlowdError
 from flowd.web.app import create_app
 from flowd.web.security import is_loopback
 
@@ -41,15 +43,43 @@ def check_bind(host: str, token: str | None) -> bool:
     return public
 
 
-def serve(manager: TaskManager, host: str, port: int, token: str | None, *, log_level: str = "warning") -> None:
-    """Serve the dashboard in the foreground; returns after SIGINT/SIGTERM, streams closed."""
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound here so a busy port is one clear error (port 0: any free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as e:
+        sock.close()
+        raise FlowdError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}: choose another --port, or stop what uses it"
+        ) from e
+    return sock
+
+
+def serve(
+    manager: TaskManager,
+    host: str,
+    port: int,
+    token: str | None,
+    *,
+    announce: Callable[[str], None] | None = None,
+    log_level: str = "warning",
+) -> None:
+    """Serve the dashboard in the foreground; returns after SIGINT/SIGTERM, streams closed.
+
+    `announce(url)` is told the address once the socket is bound.
+    """
     public = check_bind(host, token)
+    sock = listen(host, port)
+    if announce is not None:
+        shown = f"[{host.strip('[]')}]" if ":" in host else host
+        announce(f"http://{shown}:{sock.getsockname()[1]}/")
     stop = threading.Event()
     app = create_app(manager, token=token, public=public, stop=stop)
     config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
         log_level=log_level,
         access_log=False,
         lifespan="off",
@@ -59,7 +89,8 @@ def serve(manager: TaskManager, host: str, port: int, token: str | None, *, log_
     )
     server = _Server(config, stop)
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         stop.set()
+        sock.close()
         manager.close()

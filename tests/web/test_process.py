@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -22,6 +23,16 @@ def test_web__refuses_a_public_address_without_a_token(cli: Cli) -> None:
     assert "refusing to listen on 0.0.0.0 without a token" in p.stderr and "--token" in p.stderr
     short = cli.run("web", "--token", "short", check=False, timeout=30)
     assert short.returncode == 2 and "web_token" in short.stderr
+
+
+def test_web__a_busy_port_is_one_line_and_exit_1(cli: Cli) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = cli.run("web", "--port", str(port), check=False, timeout=30)
+    assert p.returncode == 1
+    assert p.stderr.startswith(f"flowd: error: cannot listen on 127.0.0.1:{port}: ") and p.stderr.count("\n") == 1
 
 
 def test_web__on_a_public_address_every_read_needs_the_token(cli: Cli, tmp_path: Path) -> None:
