@@ -634,6 +634,20 @@ class TaskManager:
         _id(task_id)
         return ops.cancel_task(self.db, task_id, self._clock(), reason)
 
+    def retry_task(self, task_id: int, reason: str | None = None) -> TaskRecord:
+        """Retry now: a failed, timed-out or permanently failed task back to pending (fresh retry budget)."""
+        t = ops.retry_task(self.db, task_id, self._clock(), reason)
+        self._wake()
+        return t
+
+    def delete_task(self, task_id: int) -> int:
+        """Delete one task with its events and attempts (as `flowd delete` does); NotFound if absent."""
+        with self.db.write() as conn:
+            n, _e, _a = task_store.delete(conn, [TaskId(task_id)])
+        if not n:
+            raise NotFound(f"task {task_id} not found: check the id with `flowd list`")
+        return n
+
     # -- reading ---------------------------------------------------------------------
     def get_task(self, task_id: int) -> TaskRecord:
         _id(task_id)
@@ -830,6 +844,7 @@ class TaskManager:
         task_id: int | None = None,
         root_id: int | None = None,
         name: str | None = None,
+        event_types: Sequence[str] | None = None,
         limit: int = 100,
     ) -> list[Any]:
         """Events after `after_id` in id order (or the newest `limit` when it is None)."""
@@ -840,7 +855,16 @@ class TaskManager:
             _id(task_id)
         if root_id is not None:
             _id(root_id, "workflow id")
-        f = EventFilter(task_id=task_id, root_id=root_id, task_name=name, after_id=after_id)
+        unknown = sorted(set(event_types or ()) - {e.value for e in EventType})
+        if unknown:
+            raise BadInput(f"unknown event type(s) {unknown}: use e.g. task_failed, task_checkpoint, task_progress")
+        f = EventFilter(
+            task_id=task_id,
+            root_id=root_id,
+            task_name=name,
+            after_id=after_id,
+            event_types=list(event_types) if event_types else None,
+        )
         with self.db.read() as conn:
             if after_id is None:
                 page = event_store.query(conn, f, limit, 0, "desc")
@@ -882,6 +906,14 @@ class TaskManager:
         return [
             {"label": by_label, "value": v, "name": n, "status": s, "count": counts[(v, n, s)]} for v, n, s in order
         ]
+
+    def overview(self, minutes: int = 15) -> dict[str, Any]:
+        """The web dashboard's overview: status counts, throughput a minute, oldest due task, workers, cron."""
+        from flowd.audit import dashboard
+
+        if minutes < 1:
+            raise BadInput(f"minutes must be >= 1, not {minutes}")
+        return dashboard.overview(self.db, self._clock(), minutes=minutes)
 
     def dashboard(self, *, window: float = 60.0, bucket: float = 5.0) -> dict[str, Any]:
         """Everything `flowd top` shows, as one plain dict (one consistent read)."""

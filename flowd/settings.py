@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     plugin_import_timeout: float = Field(10.0, gt=0, le=3600)
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = Field("127.0.0.1", min_length=1)
+    # `flowd web`: where it listens, and the token every action (and, off loopback, every read) needs
+    web_host: str = Field("127.0.0.1", min_length=1)
+    web_port: int = Field(8765, ge=0, le=65535)
+    web_token: str | None = Field(None, min_length=8, max_length=512)
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
     # seconds of waiting per +1 priority step in the claim order (None: off)
     priority_aging: float | None = Field(None, gt=0, le=MAX_SECONDS)

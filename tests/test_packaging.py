@@ -49,6 +49,7 @@ def test_wheel_and_sdist__install_and_run_outside_the_checkout(tmp_path: Path) -
         names = tar.getnames()
     assert any(n.endswith("flowd/store/migrations/versions/0001_initial_schema.py") for n in names)
     assert any(n.endswith("flowd/store/migrations/script.py.mako") for n in names)
+    assert any(n.endswith("flowd/web/templates/overview.html") for n in names)  # the dashboard's files
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], tmp_path, env)
