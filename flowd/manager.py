@@ -20,7 +20,7 @@ from flowd.engine import flows, ops
 from flowd.errors import BadInput, DatabaseUnavailable, FlowdError, NotFound
 from flowd.logging import get_logger
 from flowd.model import EventType, HandlerRecord, NewTask, Page, TaskId, TaskRecord, TaskType
-from flowd.plugins import HandlerSpec, PluginError, PluginLoader, Registry, load_dir, make_spec
+from flowd.plugins import HandlerSpec, PluginError, PluginLoader, Registry, load_dir, make_spec, spec_from_config
 from flowd.registry import catalog
 from flowd.rules import constraints as cons
 from flowd.rules import cron as cron_rules
@@ -176,26 +176,40 @@ class TaskManager:
 
     # -- handlers --------------------------------------------------------------------
     def use(self, name: str | Mapping[str, Any], fn: Callable[..., Any] | Mapping[str, Any] | None = None) -> None:
-        """Register handlers in code: `use(name, fn)`, `use(name, {"handler", "options"})`, `use({...})`."""
-        if isinstance(name, Mapping):
-            for n, f in name.items():
-                self.use(n, f)
-            return
-        if isinstance(fn, Mapping):
-            spec = make_spec(name, fn["handler"], fn.get("options"))
-        elif fn is not None:
-            spec = make_spec(name, fn)
-        else:
-            raise BadInput(f"use({name!r}) needs a handler function")
-        self._code_handlers[name] = spec
-        self._removed.discard(name)
+        """Register handlers in code: `use(name, fn)`, `use(name, {"handler": fn, "timeout": 120, ...})`
+        (the flat shape; `{"handler": fn, "options": {...}}` too), or `use({name: fn_or_dict, ...})`.
+
+        An unknown option is refused (BadInput); `max_concurrent_tasks` means `max_concurrent`.
+        """
+        # every entry is checked before any registers
+        pairs = list(name.items()) if isinstance(name, Mapping) else [(name, fn)]
+        specs = [self._spec(n, f) for n, f in pairs]
+        for spec in specs:
+            self._code_handlers[spec.name] = spec
+            self._removed.discard(spec.name)
         self._refresh_worker()
 
-    def unuse(self, names: str | Sequence[str]) -> None:
+    @staticmethod
+    def _spec(name: str, fn: Callable[..., Any] | Mapping[str, Any] | None) -> HandlerSpec:
+        try:
+            if isinstance(fn, Mapping):
+                return spec_from_config(name, fn)
+            if fn is None:
+                raise opt.InvalidInput(f"use({name!r}) needs a handler function")
+            return make_spec(name, fn)
+        except opt.InvalidInput as e:
+            raise _bad(e) from e
+
+    def unuse(self, names: str | Sequence[str]) -> int:
+        """Unregister handlers (one name or several) for future claims; returns how many were registered."""
+        removed = 0
         for n in [names] if isinstance(names, str) else names:
+            if n in self.registry():
+                removed += 1
             self._code_handlers.pop(n, None)
             self._removed.add(n)
         self._refresh_worker()
+        return removed
 
     def _refresh_worker(self) -> None:
         if self._worker is not None:

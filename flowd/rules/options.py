@@ -12,6 +12,9 @@ from typing import Any
 NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 CODE_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 OPTION_KEYS = ("timeout", "max_retries", "retry_interval", "priority")
+# every handler option (`@handler(...)`, `TaskManager.use(name, {...})`)
+HANDLER_OPTION_KEYS = (*OPTION_KEYS, "max_concurrent", "steps", "constraints", "description", "should_run")
+MAX_DESCRIPTION = 1000
 
 
 class InvalidInput(ValueError):
@@ -115,6 +118,14 @@ def check_options(opts: Mapping[str, Any]) -> dict[str, Any]:
         elif key == "max_concurrent":
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidInput(f"max_concurrent must be an integer >= 1, not {value!r}")
+            out[key] = value
+        elif key == "description":
+            if not isinstance(value, str) or len(value) > MAX_DESCRIPTION:
+                raise InvalidInput(f"description must be a string of at most {MAX_DESCRIPTION} characters")
+            out[key] = value
+        elif key == "should_run":
+            if not callable(value):
+                raise InvalidInput("should_run must be a function of the task returning True or False")
             out[key] = value
         else:
             raise InvalidInput(f"unknown option {key!r}")
