@@ -19,7 +19,7 @@ from flowd.clock import after, iso, utcnow
 from flowd.engine import flows, ops
 from flowd.errors import BadInput, DatabaseUnavailable, FlowdError, NotFound
 from flowd.logging import get_logger
-from flowd.model import EventType, HandlerRecord, NewTask, Page, TaskId, TaskRecord, TaskType
+from flowd.model import AttemptOutcome, EventType, HandlerRecord, NewTask, Page, TaskId, TaskRecord, TaskType
 from flowd.plugins import HandlerSpec, PluginError, PluginLoader, Registry, load_dir, make_spec, spec_from_config
 from flowd.registry import catalog
 from flowd.rules import constraints as cons
@@ -563,16 +563,132 @@ class TaskManager:
         worker_id: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        outcome: str | None = None,
+        open_only: bool = False,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        ended_after: datetime | None = None,
+        ended_before: datetime | None = None,
         limit: int = 1000,
         offset: int = 0,
         order: str = "asc",
     ) -> dict[str, Any]:
         """`{"task", "events": Page, "attempts": Page}`; the filters narrow the events.
 
-        `attempt` and `worker_id` narrow the attempts too; `limit`/`offset` page the events
-        (the attempts page shares `limit`, from the first).
+        `attempt` and `worker_id` narrow the attempts too; `outcome`, `open_only` and the
+        started/ended ranges narrow only the attempts; `limit`/`offset` page the events (the
+        attempts page shares `limit`, from the first).
         """
         self.check_page(limit, offset, order)
+        ef = self._event_filter(event_types, attempt, stage, worker_id, since, until)
+        af = self._attempt_filter(
+            outcome, worker_id, open_only, started_after, started_before, ended_after, ended_before, attempt
+        )
+        return views.task_audit(self.db, task_id, ef, af, limit, offset, order)
+
+    def workflow_attempts(
+        self,
+        root_id: int,
+        *,
+        outcome: str | None = None,
+        worker_id: str | None = None,
+        open_only: bool = False,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        ended_after: datetime | None = None,
+        ended_before: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        order: str = "asc",
+    ) -> dict[str, Any]:
+        """The attempts of every task of a workflow (any of its task ids finds it), one page
+        ordered by task and attempt: fib-flow's `queryWorkflowAttempts`."""
+        doc = self.workflow_attempts_audit(
+            root_id,
+            outcome=outcome,
+            worker_id=worker_id,
+            open_only=open_only,
+            started_after=started_after,
+            started_before=started_before,
+            ended_after=ended_after,
+            ended_before=ended_before,
+            limit=limit,
+            offset=offset,
+            order=order,
+        )
+        page: dict[str, Any] = doc["attempts"]
+        return page
+
+    def workflow_attempts_audit(self, root_id: int, **filters: Any) -> dict[str, Any]:
+        """`{"task": root, "attempts": Page}` (`flowd audit workflow ROOT --attempts --json`)."""
+        limit, offset, order = filters.pop("limit", 100), filters.pop("offset", 0), filters.pop("order", "asc")
+        self.check_page(limit, offset, order)
+        af = self._attempt_filter(
+            filters.get("outcome"),
+            filters.get("worker_id"),
+            bool(filters.get("open_only")),
+            filters.get("started_after"),
+            filters.get("started_before"),
+            filters.get("ended_after"),
+            filters.get("ended_before"),
+        )
+        return views.workflow_attempts(self.db, root_id, af, limit, offset, order)
+
+    def workflow_events(
+        self,
+        root_id: int,
+        *,
+        event_types: str | Sequence[str] | None = None,
+        worker_id: str | None = None,
+        attempt: int | None = None,
+        stage: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        order: str = "asc",
+    ) -> dict[str, Any]:
+        """The events of every task of a workflow (any of its task ids finds it), one page in
+        id order: fib-flow's `queryWorkflowEvents`."""
+        doc = self.workflow_events_audit(
+            root_id,
+            event_types=event_types,
+            worker_id=worker_id,
+            attempt=attempt,
+            stage=stage,
+            since=since,
+            until=until,
+            limit=limit,
+            offset=offset,
+            order=order,
+        )
+        page: dict[str, Any] = doc["events"]
+        return page
+
+    def workflow_events_audit(self, root_id: int, **filters: Any) -> dict[str, Any]:
+        """`{"task": root, "events": Page}` (`flowd audit workflow ROOT --events --json`)."""
+        limit, offset, order = filters.pop("limit", 100), filters.pop("offset", 0), filters.pop("order", "asc")
+        self.check_page(limit, offset, order)
+        types = filters.get("event_types")
+        ef = self._event_filter(
+            [types] if isinstance(types, str) else types,
+            filters.get("attempt"),
+            filters.get("stage"),
+            filters.get("worker_id"),
+            filters.get("since"),
+            filters.get("until"),
+        )
+        return views.workflow_events(self.db, root_id, ef, limit, offset, order)
+
+    @staticmethod
+    def _event_filter(
+        event_types: Sequence[str] | None,
+        attempt: int | None,
+        stage: int | None,
+        worker_id: str | None,
+        since: datetime | None,
+        until: datetime | None,
+    ) -> EventFilter:
         unknown = sorted(set(event_types or ()) - {e.value for e in EventType})
         if unknown:
             raise BadInput(f"unknown event type(s) {unknown}: use e.g. task_failed, task_checkpoint, task_progress")
@@ -582,7 +698,7 @@ class TaskManager:
             raise BadInput(f"stage must be >= 0, not {stage}")
         if since is not None and until is not None and since > until:
             raise BadInput("--since is after --until: nothing can match")
-        ef = EventFilter(
+        return EventFilter(
             event_types=list(event_types) if event_types else None,
             attempt=attempt,
             stage=stage,
@@ -590,8 +706,36 @@ class TaskManager:
             since=since,
             until=until,
         )
-        af = AttemptFilter(worker_id=worker_id, attempt=attempt)
-        return views.task_audit(self.db, task_id, ef, af, limit, offset, order)
+
+    @staticmethod
+    def _attempt_filter(
+        outcome: str | None,
+        worker_id: str | None,
+        open_only: bool,
+        started_after: datetime | None,
+        started_before: datetime | None,
+        ended_after: datetime | None,
+        ended_before: datetime | None,
+        attempt: int | None = None,
+    ) -> AttemptFilter:
+        outcomes = [o.value for o in AttemptOutcome]
+        if outcome is not None and outcome not in outcomes:
+            raise BadInput(f"unknown attempt outcome {outcome!r}: use one of {', '.join(outcomes)}")
+        if open_only and outcome is not None:
+            raise BadInput("an open attempt has no outcome yet: use --open-only or --outcome, not both")
+        for lo, hi, what in ((started_after, started_before, "started"), (ended_after, ended_before, "ended")):
+            if lo is not None and hi is not None and lo > hi:
+                raise BadInput(f"--{what}-after is after --{what}-before: nothing can match")
+        return AttemptFilter(
+            worker_id=worker_id,
+            attempt=attempt,
+            outcome=outcome,
+            open_only=open_only,
+            started_since=started_after,
+            started_until=started_before,
+            ended_since=ended_after,
+            ended_until=ended_before,
+        )
 
     def events(
         self,
@@ -621,16 +765,23 @@ class TaskManager:
     def workflow_summary(self, task_id: int) -> dict[str, Any]:
         return views.workflow_summary(self.db, task_id, self._clock())
 
-    def stats(self, tag: str | None = None, by_label: str | None = None) -> list[dict[str, Any]]:
-        """Counts by tag, name and status; with `by_label`, by that label's value, name and status."""
+    def stats(
+        self, tag: str | None = None, by_label: str | None = None, status: str | Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Counts by tag, name and status; with `by_label`, by that label's value, name and status.
+
+        `tag` and `status` (one or several) narrow what is counted (fib-flow's
+        `getTaskStatsByTag(tag, status)`).
+        """
+        statuses = self.task_filter(status=status).status
         if by_label is None:
             with self.db.read() as conn:
-                rows = task_store.stats(conn, tag)
+                rows = task_store.stats(conn, tag, statuses)
             return [{"tag": t, "name": n, "status": s, "count": c} for t, n, s, c in rows]
         if not by_label.strip():
             raise BadInput("--by-label needs a label key, e.g. --by-label tenant")
         with self.db.read() as conn:
-            grouped = task_store.stats_by_labels(conn, tag)
+            grouped = task_store.stats_by_labels(conn, tag, statuses)
         counts: dict[tuple[str | None, str, str], int] = {}
         for labels, name, status, n in grouped:
             k = (labels.get(by_label), name, status)

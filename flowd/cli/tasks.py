@@ -243,6 +243,9 @@ def register(app: typer.Typer) -> None:
         by_label: Annotated[
             str | None, typer.Option("--by-label", help="count by this label's value instead of by tag")
         ] = None,
+        status: Annotated[
+            list[str] | None, typer.Option("--status", help="count only tasks in this status (repeatable)")
+        ] = None,
         json_: JsonOpt = False,
         db: DbOpt = None,
         config: ConfigOpt = None,
@@ -250,5 +253,5 @@ def register(app: typer.Typer) -> None:
         """Task counts by tag (or by a label's value), name and status."""
         from flowd.cli import render
 
-        items = manager(db, config).stats(tag, by_label)
+        items = manager(db, config).stats(tag, by_label, status)
         render.emit_json({"items": items}) if json_ else render.stats_table(items)

@@ -816,19 +816,27 @@ def _delete_finished_flows(conn: sa.Connection, flow_ids: set[int], deleted: Seq
     )
 
 
-def stats(conn: sa.Connection, tag: str | None = None) -> list[tuple[str | None, str, str, int]]:
+def stats(
+    conn: sa.Connection, tag: str | None = None, statuses: Sequence[str] | None = None
+) -> list[tuple[str | None, str, str, int]]:
     q = sa.select(T.c.tag, T.c.name, T.c.status, sa.func.count()).group_by(T.c.tag, T.c.name, T.c.status)
     if tag is not None:
         q = q.where(T.c.tag == tag)
+    if statuses:
+        q = q.where(T.c.status.in_(list(statuses)))
     rows = conn.execute(q.order_by(T.c.tag, T.c.name, T.c.status)).all()
     return [(r[0], str(r[1]), str(r[2]), int(r[3])) for r in rows]
 
 
-def stats_by_labels(conn: sa.Connection, tag: str | None = None) -> list[tuple[dict[str, str], str, str, int]]:
+def stats_by_labels(
+    conn: sa.Connection, tag: str | None = None, statuses: Sequence[str] | None = None
+) -> list[tuple[dict[str, str], str, str, int]]:
     """(labels, name, status, count) grouped by the stored label set; the caller picks a label."""
     q = sa.select(T.c.labels, T.c.name, T.c.status, sa.func.count()).group_by(T.c.labels, T.c.name, T.c.status)
     if tag is not None:
         q = q.where(T.c.tag == tag)
+    if statuses:
+        q = q.where(T.c.status.in_(list(statuses)))
     return [(r[0] or {}, str(r[1]), str(r[2]), int(r[3])) for r in conn.execute(q).all()]
 
 

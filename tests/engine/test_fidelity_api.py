@@ -115,7 +115,9 @@ def test_audit_and_progress__reference_forms(mgr: TaskManager) -> None:
         task.audit("payload_validated", {"message": "Payload validated", "metadata": {"source": "crm"}})
         task.audit({"code": "remote_call_started", "message": "Remote call started", "metadata": {"p": 1}})
         task.audit("plain", message="kw form", metadata={"x": 1})
-        task.progress("Downloading source data", {"stage_name": "download", "progress_percent": 20, "metadata": {"c": 1}})
+        task.progress(
+            "Downloading source data", {"stage_name": "download", "progress_percent": 20, "metadata": {"c": 1}}
+        )
         task.progress(
             {
                 "stage_name": "transform",
