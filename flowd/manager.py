@@ -462,13 +462,17 @@ class TaskManager:
         return {"groups": groups, "keys": keys}
 
     def entity(self, entity_type: str, entity_id: str, limit: int = 100) -> dict[str, Any]:
-        """What is happening to one domain object: its tasks' projected states, newest first."""
+        """What is happening to one domain object: its tasks' projected states, newest first.
+
+        A flow or chain bound to it is one row with `flow_id` set (and `task_id` null).
+        """
         self.check_page(limit, 0)
         with self.db.read() as conn:
             rows = entity_store.of_entity(conn, entity_type, entity_id, limit)
         tasks = [
             {
                 "task_id": r["task_id"],
+                "flow_id": r["flow_id"],
                 "name": r["name"],
                 "status": r["status"],
                 "result": r["result"],

@@ -237,7 +237,8 @@ def entity(doc: dict[str, Any]) -> None:
         table.add_column(col)
     for t in doc["tasks"]:
         detail = _short(t["error"]) if t["status"] == "failed" else _short(t["result"])
-        table.add_row(str(t["task_id"]), t["name"], status(t["status"]), local_time(t["updated_at"]), detail)
+        ident = str(t["task_id"]) if t.get("flow_id") is None else f"flow {t['flow_id']}"
+        table.add_row(ident, t["name"], status(t["status"]), local_time(t["updated_at"]), detail)
     c.print(table)
 
 

@@ -372,7 +372,7 @@ def apply_transition(
     if task.constrained and task.status is TaskStatus.RUNNING:
         constraints.release(conn, task.id, now)  # the run ended: its keys' slots and cooldown
     if task.entity_type is not None:
-        entities.transitioned(conn, task, tr.to_status, tr.values, now)
+        entities.transitioned(conn, task, tr, now)
     return True
 
 
@@ -488,7 +488,7 @@ def claim_due(
             sa.select(T).where(T.c.id.in_(chosen), T.c.worker_id == worker_id, T.c.status == TaskStatus.RUNNING.value)
         ).all()
         claimed = [to_record(r) for r in rows]
-    entities.claimed(conn, [t.id for t in claimed if t.entity_type is not None], now)
+    entities.claimed(conn, claimed, now)
     claimed.sort(key=lambda t: (-t.priority, t.next_run_time or now, t.id))
     return claimed
 
@@ -795,6 +795,7 @@ def delete(
         }
         n_t += int(conn.execute(sa.delete(T).where(T.c.id.in_(chunk))).rowcount or 0)
         _delete_finished_flows(conn, flow_ids, chunk)
+        entities.delete_gone_flows(conn, sorted(flow_ids), chunk)
         if on_chunk is not None:
             on_chunk(n_t)
     return (n_t, n_ev, n_at)
