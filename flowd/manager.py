@@ -290,11 +290,17 @@ class TaskManager:
 
         `debounce=S` (with `key`): the run starts S seconds after the last submission of the
         burst; a submission while the key's task is still pending replaces its payload and
-        pushes its start instead of adding a task.
+        pushes its start instead of adding a task. `once=True` (with `key`): the key's task
+        runs once ever — its id is returned even after it finished (taskbuffer's TaskOnce).
         """
         now = self._clock()
         options = dict(options)
+        once = bool(options.pop("once", False))
         debounce = options.pop("debounce", None)
+        if once and not options.get("key"):
+            raise BadInput("--once needs --key: the key names the task that runs once")
+        if once and debounce is not None:
+            raise BadInput("--once and --debounce contradict each other: choose one")
         if debounce is not None:
             if not options.get("key"):
                 raise BadInput("--debounce needs --key: the key names the task a burst of submissions replaces")
@@ -311,7 +317,10 @@ class TaskManager:
                 if pending is not None and task_store.debounce(conn, pending, new, now):
                     return pending.id
             elif new.key:
-                existing = task_store.find_active_by_key(conn, new.key, TaskType.ASYNC)
+                if once:
+                    existing = task_store.find_by_key(conn, new.key, TaskType.ASYNC)
+                else:
+                    existing = task_store.find_active_by_key(conn, new.key, TaskType.ASYNC)
                 if existing is not None:
                     return existing.id
             (tid,) = task_store.insert_tasks(conn, [new], now)

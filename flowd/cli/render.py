@@ -214,7 +214,7 @@ def constraints(doc: dict[str, Any]) -> None:
         groups.add_column(col)
     for g in doc["groups"]:
         applies = ", ".join(g["applies_to"]) or "every task"
-        row = (g["name"], g["key"], str(g["max_concurrent"]), f"{g['cooldown']:g}s", applies, g["source"])
+        row = (g["name"], g["key"] or "(global)", str(g["max_concurrent"]), f"{g['cooldown']:g}s", applies, g["source"])
         groups.add_row(*(Text(v) for v in row))  # templates like {payload[domain]} are not markup
     c.print(groups)
     keys = Table(title="keys in use", box=None, pad_edge=False, title_justify="left")

@@ -82,6 +82,9 @@ def register(app: typer.Typer) -> None:
         entity: Annotated[
             str | None, typer.Option("--entity", help="TYPE:ID the task is about (see flowd entity)")
         ] = None,
+        once: Annotated[
+            bool, typer.Option("--once", help="with --key: run once ever; later submits print the same id")
+        ] = False,
         allow_unknown: AllowUnknown = False,
         json_: JsonOpt = False,
         db: DbOpt = None,
@@ -94,6 +97,8 @@ def register(app: typer.Typer) -> None:
         opts = _options(delay, priority, tag, timeout, max_retries, retry_interval, label, key)
         if debounce is not None:
             opts["debounce"] = debounce
+        if once:
+            opts["once"] = True
         if entity is not None:
             opts["entity"] = entity
         tid = m.submit(name, body, allow_unknown=allow_unknown, **opts)

@@ -273,6 +273,13 @@ def find_active_by_key(conn: sa.Connection, key: str, type_: TaskType | None = N
     return to_record(row) if row is not None else None
 
 
+def find_by_key(conn: sa.Connection, key: str, type_: TaskType) -> TaskRecord | None:
+    """The newest task with `key`, finished or not (`submit(..., once=True)`)."""
+    q = sa.select(T).where(T.c.key == key, T.c.type == type_.value)
+    row = conn.execute(q.order_by(T.c.id.desc()).limit(1)).first()
+    return to_record(row) if row is not None else None
+
+
 def find_pending_by_key(conn: sa.Connection, key: str) -> TaskRecord | None:
     """The newest pending async task with `key` (the one a debounced submission replaces)."""
     q = sa.select(T).where(T.c.key == key, T.c.status == TaskStatus.PENDING.value, T.c.type == TaskType.ASYNC.value)

@@ -151,3 +151,20 @@ def test_handlers__show_the_description(
     assert doc["items"][0]["options"] == {"description": "Resizes one image to a thumbnail", "timeout": 30.0}
     human = cli("handlers")
     assert human.code == 0 and "Resizes one image" in human.out
+
+
+def test_submit_once__prints_the_same_id_after_the_task_finished(
+    cli: Run, db_url: str, tmp_path: Path, closers: list[Callable[[], None]]
+) -> None:
+    first = cli("submit", "echo", '{"a": 1}', "--key", "setup", "--once")
+    assert first.code == 0, first.err
+    tid = int(first.out)
+    m = TaskManager(db_url=db_url, handlers_dir=str(tmp_path / "handlers"))
+    closers.append(m.close)
+    drain(m)
+    assert m.get_task(tid).status == "completed"
+    again = cli("submit", "echo", '{"a": 2}', "--key", "setup", "--once")
+    assert again.code == 0 and int(again.out) == tid
+    assert m.query_tasks(name="echo").total == 1
+    no_key = cli("submit", "echo", "--once")
+    assert no_key.code == 2 and "--once needs --key" in no_key.err
