@@ -245,6 +245,8 @@ class Task:
             if not store.record_fenced_event(conn, self._record, self._fence, event, {}, now):
                 # this attempt is over (timed out, recovered, paused): roll the flow back
                 raise HandlerError(f"task {self.id} attempt {self.attempt} no longer owns the task: flow not started")
+        if self._written is not None:
+            self._written(event)  # committed: `@on("flow_started")` may run
         return flow_id
 
 

@@ -221,7 +221,12 @@ DB = {db!r}
 def work(task):
     task.audit("fetched", {{"message": "got it", "metadata": {{"n": 1}}}})
     task.progress("halfway", {{"stage_name": "copy", "progress_percent": 50}})
+    task.start_flow([{{"name": "part"}}], {{"name": "part"}})
     return 1
+
+@handler("part")
+def part(task):
+    return 0
 
 def note(event, seen):
     with open(OUT, "a") as f:
@@ -229,8 +234,11 @@ def note(event, seen):
 
 @on("task_checkpoint")
 @on("task_progress")
+@on("flow_started")
 @on("task_completed")
 def hook(event):
+    if event["name"] != "work":
+        return
     # after the commit: a fresh connection already sees the event the hook is about
     m = TaskManager(db_url=DB, handlers_dir="/nonexistent")
     try:
@@ -259,8 +267,8 @@ def test_hooks__progress_and_checkpoint_fire_after_commit_with_tag_and_labels(
     m = make_manager(db_url)
     tid = m.submit("work", {}, tag="batch-7", labels={"tenant": "acme"})
     drain(m)
-    got = wait_lines(out, 3)
-    assert [g["event_type"] for g in got] == ["task_checkpoint", "task_progress", "task_completed"]
+    got = wait_lines(out, 4)
+    assert [g["event_type"] for g in got] == ["task_checkpoint", "task_progress", "flow_started", "task_completed"]
     assert all(g["seen"] for g in got), "a hook ran before its event was committed"
     assert all(g["task_id"] == tid and g["tag"] == "batch-7" and g["labels"] == {"tenant": "acme"} for g in got)
     assert got[0]["metadata"] == {"n": 1, "code": "fetched"} and got[0]["message"] == "got it"
