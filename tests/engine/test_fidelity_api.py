@@ -329,3 +329,18 @@ def test_should_run__async_check_and_a_non_bool_answer(mgr: TaskManager) -> None
     t = mgr.get_task(b)
     assert t.status == "permanently_failed"
     assert t.error == "TypeError: should_run must return True or False, not NoneType"
+
+
+def test_should_run__declared_with_the_decorator_in_a_plugin(db_url: str, make_manager: Make, tmp_path: Path) -> None:
+    (tmp_path / "handlers" / "gated.py").write_text(
+        "from flowd import handler\n\n"
+        "@handler('gated', should_run=lambda task: not task.payload.get('skip'), description='gated work')\n"
+        "def gated(task):\n    return 'ran'\n"
+    )
+    m = make_manager(db_url)
+    run, skip = m.submit("gated", {}), m.submit("gated", {"skip": True})
+    drain(m)
+    assert m.get_task(run).result == "ran"
+    assert m.get_task(skip).result is None and "task_skipped" in event_types(m, skip)
+    # the check is code: it is not published with the options
+    assert "should_run" not in next(h for h in m.fleet_handlers() if h.name == "gated").options
