@@ -593,8 +593,8 @@ class TaskManager:
         attempts page shares `limit`, from the first).
         """
         self.check_page(limit, offset, order)
-        ef = self._event_filter(event_types, attempt, stage, worker_id, since, until)
-        af = self._attempt_filter(
+        ef = self.event_filter(event_types, attempt, stage, worker_id, since, until)
+        af = self.attempt_filter(
             outcome, worker_id, open_only, started_after, started_before, ended_after, ended_before, attempt
         )
         return views.task_audit(self.db, task_id, ef, af, limit, offset, order)
@@ -615,37 +615,22 @@ class TaskManager:
         order: str = "asc",
     ) -> dict[str, Any]:
         """The attempts of every task of a workflow (any of its task ids finds it), one page
-        ordered by task and attempt: fib-flow's `queryWorkflowAttempts`."""
+        ordered by task and attempt: fib-flow's `queryWorkflowAttempts`.
+
+        `flowd audit workflow ROOT --attempts --json` prints `{"task": root, "attempts": page}`
+        (`workflow_attempts_audit`).
+        """
         doc = self.workflow_attempts_audit(
             root_id,
-            outcome=outcome,
-            worker_id=worker_id,
-            open_only=open_only,
-            started_after=started_after,
-            started_before=started_before,
-            ended_after=ended_after,
-            ended_before=ended_before,
-            limit=limit,
-            offset=offset,
-            order=order,
+            self.attempt_filter(
+                outcome, worker_id, open_only, started_after, started_before, ended_after, ended_before
+            ),
+            limit,
+            offset,
+            order,
         )
         page: dict[str, Any] = doc["attempts"]
         return page
-
-    def workflow_attempts_audit(self, root_id: int, **filters: Any) -> dict[str, Any]:
-        """`{"task": root, "attempts": Page}` (`flowd audit workflow ROOT --attempts --json`)."""
-        limit, offset, order = filters.pop("limit", 100), filters.pop("offset", 0), filters.pop("order", "asc")
-        self.check_page(limit, offset, order)
-        af = self._attempt_filter(
-            filters.get("outcome"),
-            filters.get("worker_id"),
-            bool(filters.get("open_only")),
-            filters.get("started_after"),
-            filters.get("started_before"),
-            filters.get("ended_after"),
-            filters.get("ended_before"),
-        )
-        return views.workflow_attempts(self.db, root_id, af, limit, offset, order)
 
     def workflow_events(
         self,
@@ -662,46 +647,42 @@ class TaskManager:
         order: str = "asc",
     ) -> dict[str, Any]:
         """The events of every task of a workflow (any of its task ids finds it), one page in
-        id order: fib-flow's `queryWorkflowEvents`."""
+        id order: fib-flow's `queryWorkflowEvents`.
+
+        `flowd audit workflow ROOT --events --json` prints `{"task": root, "events": page}`
+        (`workflow_events_audit`).
+        """
+        types = [event_types] if isinstance(event_types, str) else event_types
         doc = self.workflow_events_audit(
-            root_id,
-            event_types=event_types,
-            worker_id=worker_id,
-            attempt=attempt,
-            stage=stage,
-            since=since,
-            until=until,
-            limit=limit,
-            offset=offset,
-            order=order,
+            root_id, self.event_filter(types, attempt, stage, worker_id, since, until), limit, offset, order
         )
         page: dict[str, Any] = doc["events"]
         return page
 
-    def workflow_events_audit(self, root_id: int, **filters: Any) -> dict[str, Any]:
-        """`{"task": root, "events": Page}` (`flowd audit workflow ROOT --events --json`)."""
-        limit, offset, order = filters.pop("limit", 100), filters.pop("offset", 0), filters.pop("order", "asc")
+    def workflow_attempts_audit(
+        self, root_id: int, f: AttemptFilter, limit: int = 100, offset: int = 0, order: str = "asc"
+    ) -> dict[str, Any]:
+        """`{"task": root, "attempts": Page}` for a filter made by `attempt_filter`."""
         self.check_page(limit, offset, order)
-        types = filters.get("event_types")
-        ef = self._event_filter(
-            [types] if isinstance(types, str) else types,
-            filters.get("attempt"),
-            filters.get("stage"),
-            filters.get("worker_id"),
-            filters.get("since"),
-            filters.get("until"),
-        )
-        return views.workflow_events(self.db, root_id, ef, limit, offset, order)
+        return views.workflow_attempts(self.db, root_id, f, limit, offset, order)
+
+    def workflow_events_audit(
+        self, root_id: int, f: EventFilter, limit: int = 100, offset: int = 0, order: str = "asc"
+    ) -> dict[str, Any]:
+        """`{"task": root, "events": Page}` for a filter made by `event_filter`."""
+        self.check_page(limit, offset, order)
+        return views.workflow_events(self.db, root_id, f, limit, offset, order)
 
     @staticmethod
-    def _event_filter(
-        event_types: Sequence[str] | None,
-        attempt: int | None,
-        stage: int | None,
-        worker_id: str | None,
-        since: datetime | None,
-        until: datetime | None,
+    def event_filter(
+        event_types: Sequence[str] | None = None,
+        attempt: int | None = None,
+        stage: int | None = None,
+        worker_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> EventFilter:
+        """The events' filters, checked (BadInput): known event types, attempt >= 1, stage >= 0, a range."""
         unknown = sorted(set(event_types or ()) - {e.value for e in EventType})
         if unknown:
             raise BadInput(f"unknown event type(s) {unknown}: use e.g. task_failed, task_checkpoint, task_progress")
@@ -721,16 +702,17 @@ class TaskManager:
         )
 
     @staticmethod
-    def _attempt_filter(
-        outcome: str | None,
-        worker_id: str | None,
-        open_only: bool,
-        started_after: datetime | None,
-        started_before: datetime | None,
-        ended_after: datetime | None,
-        ended_before: datetime | None,
+    def attempt_filter(
+        outcome: str | None = None,
+        worker_id: str | None = None,
+        open_only: bool = False,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        ended_after: datetime | None = None,
+        ended_before: datetime | None = None,
         attempt: int | None = None,
     ) -> AttemptFilter:
+        """The attempts' filters (fib-flow's), checked (BadInput): a known outcome, ranges in order."""
         outcomes = [o.value for o in AttemptOutcome]
         if outcome is not None and outcome not in outcomes:
             raise BadInput(f"unknown attempt outcome {outcome!r}: use one of {', '.join(outcomes)}")

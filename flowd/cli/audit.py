@@ -92,7 +92,7 @@ def audit_workflow(
         int | None, typer.Option("--limit", help="page size (10000 for the tree, else 100)", show_default=False)
     ] = None,
     offset: Annotated[int, typer.Option("--offset")] = 0,
-    order: Annotated[str, typer.Option("--order", help="asc or desc")] = "asc",
+    order: Annotated[str | None, typer.Option("--order", help="asc (default) or desc", show_default=False)] = None,
     json_: JsonOpt = False,
     db: DbOpt = None,
     config: ConfigOpt = None,
@@ -114,20 +114,18 @@ def audit_workflow(
             raise BadInput(f"{given[0]} filters {'--attempts' if flags is attempt_filters else '--events'}: add it")
     if worker and not (attempts or events):
         raise BadInput("--worker filters --attempts or --events: add one")
+    if order is not None and not (attempts or events):
+        raise BadInput("--order applies to --attempts or --events: add one")
     m = manager(db, config)
     if attempts or events:
-        page = {"limit": 100 if limit is None else limit, "offset": offset, "order": order}
+        page = (100 if limit is None else limit, offset, order or "asc")
         if attempts:
-            doc = m.workflow_attempts_audit(task_id, outcome=outcome, worker_id=worker, open_only=open_only, **page)
+            af = m.attempt_filter(outcome=outcome, worker_id=worker, open_only=open_only)
+            doc = m.workflow_attempts_audit(task_id, af, *page)
         else:
-            doc = m.workflow_events_audit(
-                task_id,
-                event_types=event_type,
-                worker_id=worker,
-                since=parse_time(since, "--since"),
-                until=parse_time(until, "--until"),
-                **page,
-            )
+            since_t, until_t = parse_time(since, "--since"), parse_time(until, "--until")
+            ef = m.event_filter(event_type, worker_id=worker, since=since_t, until=until_t)
+            doc = m.workflow_events_audit(task_id, ef, *page)
         render.emit_json(doc) if json_ else render_audit.workflow_page(doc)
         return
     limit = 10000 if limit is None else limit

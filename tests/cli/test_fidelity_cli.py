@@ -75,6 +75,8 @@ def test_audit_workflow_events__types_worker_and_range(cli: Run, wf: int) -> Non
     tail = cli("audit", "workflow", str(wf), "--events", "--since", last, "--until", last, "--json").json()
     assert tail["events"]["total"] >= 1 and all(e["created_at"] == last for e in tail["events"]["items"])
     assert cli("audit", "workflow", str(wf), "--events", "--json").json()["events"]["limit"] == 100
+    newest = cli("audit", "workflow", str(wf), "--events", "--order", "desc", "--limit", "1", "--json").json()
+    assert newest["events"]["items"][0]["id"] == every["items"][-1]["id"]
     human = cli("audit", "workflow", str(wf), "--events", "--type", "task_failed")
     assert human.code == 0 and "events (2)" in human.out
 
@@ -91,6 +93,8 @@ def test_audit_workflow_events__types_worker_and_range(cli: Run, wf: int) -> Non
         (["--events", "--type", "task_exploded"], "unknown event type"),
         (["--events", "--since", "yesterday"], "bad --since"),
         (["--attempts", "--limit", "0"], "limit must be positive"),
+        (["--order", "desc"], "--order applies to --attempts or --events"),
+        (["--events", "--order", "up"], "order must be asc or desc"),
     ],
 )
 def test_audit_workflow_queries__bad_input_exits_2(cli: Run, wf: int, args: list[str], needle: str) -> None:
