@@ -133,6 +133,8 @@ class TaskRecord(_Fields):
     constrained: bool = False
     entity_type: str | None = None
     entity_id: str | None = None
+    # attempts in a row interrupted by the death (or supersession) of their worker
+    recoveries: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """entity flows: a flow or chain bound to an entity projects one row, keyed by the flow
 
 Revision ID: 0012
-Revises: 0008
+Revises: 0010
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 import flowd.store.schema as fs
 
 revision = "0012"
-down_revision = "0008"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
