@@ -29,6 +29,9 @@ class TaskStatus(enum.StrEnum):
 FINISHED_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.PERMANENTLY_FAILED})
 """A child in one of these counts as finished for its parent's stage."""
 
+QUEUE_STATUSES = tuple(s for s in TaskStatus if s not in FINISHED_STATUSES)
+"""The statuses of work not yet done (waiting, running, or held): what a queue depth counts."""
+
 
 class TaskType(enum.StrEnum):
     ASYNC = "async"

@@ -176,12 +176,15 @@ class Fleet:
 
     def __init__(self, url: str, plugins: Path, tmp: Path, workers: int, concurrency: int) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("FLOWD_DB_URL", "FLOWD_HANDLERS_DIR")}
+        # the URL (and its password) goes through the environment, never argv: a command
+        # line is visible to every local user in `ps`, a process's environment only to its owner
+        env["FLOWD_DB_URL"] = url
         # per-task info lines would measure the log sink, not flowd; warnings still show
         env.setdefault("FLOWD_LOG_LEVEL", "warning")
         self.logs = [tmp / f"worker{i}.log" for i in range(workers)]
         self.procs: list[subprocess.Popen[bytes]] = []
         for i, log in enumerate(self.logs):
-            cmd = [sys.executable, "-m", "flowd", "worker", "--db", url, "--handlers", str(plugins)]
+            cmd = [sys.executable, "-m", "flowd", "worker", "--handlers", str(plugins)]
             cmd += ["--no-reload", "--concurrency", str(concurrency), "--pod-id", f"bench-{i}"]
             with open(log, "wb") as fh:
                 self.procs.append(

@@ -39,11 +39,12 @@ def register(app: typer.Typer) -> None:
 
         from flowd.bench.run import BenchConfig, parse_skip, run_median, standard_set
         from flowd.cli import render
+        from flowd.urls import mask_url
 
         if standard:
             docs = []
             for cfg in standard_set(dict(os.environ)):
-                with render.phases(cfg.db_url or "sqlite", quiet=json_) as update:
+                with render.phases(mask_url(cfg.db_url or "sqlite"), quiet=json_) as update:
                     docs.append(run_median(cfg, 3 if runs is None else runs, update))
             render.emit_json(docs) if json_ else render.bench_table(docs)
             return

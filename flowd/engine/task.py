@@ -10,6 +10,7 @@ from typing import Any
 from flowd.clock import utcnow
 from flowd.engine import flows
 from flowd.errors import HandlerError, TaskTimeout
+from flowd.limits import MAX_TEXT
 from flowd.logging import get_logger
 from flowd.model import EventType, Suspension, TaskRecord, TaskStatus, TaskType
 from flowd.rules import flows as flow_rules
@@ -325,7 +326,9 @@ def progress_args(text: Any, options: Any, keywords: Mapping[str, Any]) -> Progr
     stage = _text(fields.get("stage_name"), "stage_name")
     if stage is not None:
         stage = stage.strip()
-        if not CODE_RE.match(stage):
+        if len(stage) > MAX_TEXT:
+            raise ValueError(f"stage_name is {len(stage)} characters long: the limit is {MAX_TEXT}")
+        if not CODE_RE.fullmatch(stage):
             raise ValueError(f"stage_name {fields['stage_name']!r} must be lower snake_case, e.g. 'download_phase'")
     percent = fields.get("progress_percent")
     if isinstance(percent, bool) or (percent is not None and not isinstance(percent, int | float)):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import inspect
-import json
 import logging
 import os
 import queue
@@ -32,7 +31,7 @@ from flowd.engine.hooks import HookRunner
 from flowd.engine.notify import Notifier
 from flowd.engine.runner import AsyncLoop, ThreadPool
 from flowd.engine.task import Task
-from flowd.errors import DatabaseUnavailable, TaskTimeout
+from flowd.errors import DatabaseUnavailable, TaskTimeout, describe, is_statement_error
 from flowd.logging import bind, get_logger, unbind
 from flowd.model import NewTask, SubTasks, Suspension, TaskRecord, TaskType
 from flowd.plugins import HandlerSpec, Registry
@@ -444,16 +443,34 @@ class Worker:
         if reg.hooks and claimed:
             self._fire([ops.Written(t, ev, {}) for t in claimed for ev in rules.claimed_events(t)], now)
         for task in claimed:
-            claimed_spec = reg.get(task.name)
-            assert claimed_spec is not None
-            att = Attempt(task=task, spec=claimed_spec, deadline=after(task.started_at or now, task.timeout))
-            self.running[(task.id, task.attempt)] = att
-            self.counters.claimed += 1
-            self.observer.claimed(task.name)
-            if _std_log.isEnabledFor(logging.DEBUG):
-                log.debug("task_claimed", task_id=task.id, name=task.name, attempt=task.attempt)
-            self._launch(att)
+            try:
+                self._start_attempt(reg, task, now)
+            except Exception as e:
+                # this task cannot start (its deadline is past the calendar, …): its own attempt
+                # fails, and the rest of the batch starts as claimed
+                self._not_started(task, now, e)
         return len(claimed)
+
+    def _start_attempt(self, reg: Registry, task: TaskRecord, now: datetime) -> None:
+        claimed_spec = reg.get(task.name)
+        assert claimed_spec is not None
+        att = Attempt(task=task, spec=claimed_spec, deadline=after(task.started_at or now, task.timeout))
+        self.running[(task.id, task.attempt)] = att
+        self.counters.claimed += 1
+        self.observer.claimed(task.name)
+        if _std_log.isEnabledFor(logging.DEBUG):
+            log.debug("task_claimed", task_id=task.id, name=task.name, attempt=task.attempt)
+        self._launch(att)
+
+    def _not_started(self, task: TaskRecord, now: datetime, e: Exception) -> None:
+        """Fail the attempt of a claimed task that could not be started, like a handler that
+        raised (retried while attempts remain); its outcome is written with the others."""
+        key = (task.id, task.attempt)
+        error = f"the worker could not start this attempt: {describe(e)}"
+        log.error("task_not_started", task_id=task.id, name=task.name, attempt=task.attempt, error=error)
+        att = self.running.get(key) or Attempt(task=task, spec=HandlerSpec(task.name, _not_run), deadline=now)
+        self.running[key] = att
+        self._inbox.put((key, ops.Failure(error=error)))
 
     def _launch(self, att: Attempt) -> None:
         key = (att.task.id, att.task.attempt)
@@ -519,8 +536,14 @@ class Worker:
 
     def _failure(self, att: Attempt, e: BaseException) -> ops.Failure:
         timed_out = isinstance(e, TaskTimeout) or self.clock() >= att.deadline
-        error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        tb = "".join(traceback.format_exception(e))[-8000:]
+        if is_statement_error(e):
+            # a database error's text holds the SQL and its parameters: keep it to the debug log
+            log.debug("handler_database_error", exc_info=e)
+            error = describe(e)
+            tb = "".join(traceback.format_tb(e.__traceback__))[-8000:] + error
+        else:
+            error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            tb = "".join(traceback.format_exception(e))[-8000:]
         if not timed_out:
             log.warning("task_failed", error=error)
         return ops.Failure(error=error, traceback=tb, timed_out=timed_out, timeout_type="handler")
@@ -534,10 +557,10 @@ class Worker:
         if isinstance(value, Suspension):
             return ops.Suspend(value.reason, value.context)
         try:
-            encoded = json.dumps(value, allow_nan=False, separators=(",", ":"))
-        except (TypeError, ValueError) as e:
-            return ops.Failure(error=f"result is not JSON-serialisable: {e}")
-        size = len(encoded.encode())
+            encoded = opt.json_text("result", value)  # no lone surrogate, not too deep
+        except opt.InvalidInput as e:
+            return ops.Failure(error=str(e))
+        size = len(encoded)  # ASCII: characters are bytes
         if size > self.settings.max_result_bytes:
             return ops.Failure(
                 error=f"result is {size} bytes, over max_result_bytes={self.settings.max_result_bytes}: "
@@ -552,6 +575,7 @@ class Worker:
             task_defaults(self.settings),
             self.settings.constraints,
             fleet=lambda name: catalog.live(self.db, self.clock(), name),
+            max_payload_bytes=self.settings.max_payload_bytes,
         )
 
     def _children(self, parent: TaskRecord, subtasks: SubTasks) -> list[NewTask]:
@@ -786,6 +810,7 @@ class Worker:
                 s.worker_heartbeat_timeout,
                 now,
                 recover=self._recovery(sink),
+                standby=self.standby,
             )
             self._swept(sweep, sink, now)
             self.lease_renewed_at = now if sweep.lease_held else None
@@ -827,6 +852,10 @@ def _should_run(verdict: Any) -> bool:
     if not isinstance(verdict, bool):
         raise TypeError(f"should_run must return True or False, not {type(verdict).__name__}")
     return verdict
+
+
+def _not_run(task: Task) -> None:
+    """The stand-in handler of an attempt that could not start (never called)."""
 
 
 def _outcome_kind(out: ops.Outcome) -> str:

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from flowd.clock import after, iso
+from flowd.limits import MAX_SECONDS
 from flowd.model import AttemptOutcome, EventType, TaskRecord, TaskStatus, TaskType, WorkerRecord, WorkerStatus
 from flowd.rules.cron import next_fire
 
@@ -136,7 +137,8 @@ def _after_failure(
         retry_count = task.retry_count + 1
         values: dict[str, Any] = {
             "retry_count": retry_count,
-            "next_run_time": after(now, task.retry_interval),
+            # bounded: a row written before intervals were (flowd.limits) must not jam the worker
+            "next_run_time": after(now, min(task.retry_interval, MAX_SECONDS)),
             "stage": 0,
             "result": None,
             "context": None,

@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from flowd.errors import BadInput, DatabaseUnavailable, SchemaMismatch, TransactionConflict
 from flowd.logging import get_logger
 from flowd.store.schema import SCHEMA_REVISION
+from flowd.urls import mask_url, scrub
 
 T = TypeVar("T")
 log = get_logger("flowd.store")
@@ -36,14 +37,6 @@ def is_conflict(e: BaseException) -> bool:
         return True
     args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
     return len(args) > 0 and args[0] in _CONFLICT_MYSQL_CODES
-
-
-def masked_url(url: str) -> str:
-    """The URL with its password replaced by ***, safe to print or log."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable database URL>"
 
 
 def _sqlite_write_engine(url: sa.URL, synchronous: str, pool_size: int) -> sa.Engine:
@@ -126,9 +119,12 @@ class Database:
             self.url = make_url(url)
         except exc.ArgumentError as e:
             raise BadInput(
-                f"bad database URL {url!r}: use sqlite:///path, postgresql+psycopg://… or mysql+pymysql://…"
+                f"bad database URL {mask_url(url)!r}: use sqlite:///path, postgresql+psycopg://… or mysql+pymysql://…"
             ) from e
-        self.display_url = self.url.render_as_string(hide_password=True)
+        self._raw_url = url
+        # every URL shown or logged goes through mask_url: the password and any secret
+        # query parameter (?password=, ?sslpassword=, ?token=...) become ***
+        self.display_url = mask_url(url)
         self.dialect = self.url.get_backend_name()
         if self.dialect == "sqlite":
             self.engine = _sqlite_write_engine(self.url, sqlite_synchronous, pool_size)
@@ -174,7 +170,9 @@ class Database:
 
     def _unavailable(self, e: Exception) -> DatabaseUnavailable:
         reason = str(getattr(e, "orig", e)).strip().splitlines()[0] if str(e) else type(e).__name__
-        reason = reason.replace(str(self.url.password or "\0"), "***")
+        reason = scrub(reason, self._raw_url)
+        if self.url.password:
+            reason = reason.replace(str(self.url.password), "***")
         if is_conflict(e):
             return TransactionConflict(f"database {self.display_url}: transaction conflict: {reason}")
         return DatabaseUnavailable(f"database {self.display_url} is unreachable: {reason}")

@@ -652,10 +652,13 @@ def running_counts(conn: sa.Connection) -> dict[str, int]:
     return {str(w): int(n) for w, n in rows if w is not None}
 
 
-def queue_depth(conn: sa.Connection) -> list[tuple[str, str, int]]:
-    """(name, status, count) over every task: one grouped query on the (name, status) index."""
-    rows = conn.execute(sa.select(T.c.name, T.c.status, sa.func.count()).group_by(T.c.name, T.c.status)).all()
-    return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+def queue_depth(conn: sa.Connection, statuses: Iterable[str] | None = None) -> list[tuple[str, str, int]]:
+    """(name, status, count) over every task, or those in `statuses`: one grouped query on
+    the (name, status) index."""
+    q = sa.select(T.c.name, T.c.status, sa.func.count()).group_by(T.c.name, T.c.status)
+    if statuses is not None:
+        q = q.where(T.c.status.in_([str(s) for s in statuses]))
+    return [(str(r[0]), str(r[1]), int(r[2])) for r in conn.execute(q).all()]
 
 
 def running(conn: sa.Connection, limit: int) -> list[TaskRecord]:

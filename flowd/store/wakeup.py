@@ -26,6 +26,7 @@ from typing import Any, Self
 import sqlalchemy as sa
 
 from flowd.logging import get_logger
+from flowd.urls import scrub
 
 CHANNEL = "flowd_tasks"
 log = get_logger("flowd.wakeup")
@@ -86,7 +87,9 @@ class Listener(_WakeThread):
                             self._wake()
             except Exception as e:  # a lost connection: LISTEN again after a pause
                 self.connected.clear()
-                log.warning("listen_connection_lost", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+                # libpq may quote the connection string back: never its password
+                reason = scrub(str(e), self._conninfo).splitlines()[0] if str(e) else type(e).__name__
+                log.warning("listen_connection_lost", error=reason)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 
