@@ -63,7 +63,7 @@ def test_use__nested_options_and_bulk_form_still_work(mgr: TaskManager) -> None:
         ({"handler": noop, "schema": {}}, r"unknown handler option\(s\) \['schema'\]"),
         ({"timeout": 3}, "needs a 'handler' function"),
         ({"handler": noop, "max_concurrent": 1, "max_concurrent_tasks": 2}, "not both"),
-        ({"handler": noop, "timeout": -1}, "timeout must be positive"),
+        ({"handler": noop, "timeout": -1}, "timeout must be > 0"),
         ({"handler": noop, "description": 7}, "description must be a string"),
     ],
 )
