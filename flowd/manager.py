@@ -117,10 +117,15 @@ class TaskManager:
     @property
     def db(self) -> Database:
         if self._db is None:
+            s = self.settings
             self._db = Database(
-                self.settings.db_url,
-                pool_size=min(max(self.settings.max_concurrent_tasks + 2, 5), 50),
-                sqlite_synchronous=self.settings.sqlite_synchronous,
+                s.db_url,
+                pool_size=s.db_pool_size,
+                # a SQLite connection costs no server slot: one per running attempt and then some
+                sqlite_pool_size=min(max(s.max_concurrent_tasks + 2, 5), 50),
+                sqlite_synchronous=s.sqlite_synchronous,
+                pooled=s.db_pooled,
+                listen_url=s.db_listen_url,
             )
         return self._db
 
@@ -553,6 +558,20 @@ class TaskManager:
         _id(task_id)
         return ops.cancel_task(self.db, task_id, self._clock(), reason)
 
+    def retry_task(self, task_id: int, reason: str | None = None) -> TaskRecord:
+        """Retry now: a failed, timed-out or permanently failed task back to pending (fresh retry budget)."""
+        t = ops.retry_task(self.db, task_id, self._clock(), reason)
+        self._wake()
+        return t
+
+    def delete_task(self, task_id: int) -> int:
+        """Delete one task with its events and attempts (as `flowd delete` does); NotFound if absent."""
+        with self.db.write() as conn:
+            n, _e, _a = task_store.delete(conn, [TaskId(task_id)])
+        if not n:
+            raise NotFound(f"task {task_id} not found: check the id with `flowd list`")
+        return n
+
     # -- reading ---------------------------------------------------------------------
     def get_task(self, task_id: int) -> TaskRecord:
         _id(task_id)
@@ -787,6 +806,7 @@ class TaskManager:
         task_id: int | None = None,
         root_id: int | None = None,
         name: str | None = None,
+        event_types: Sequence[str] | None = None,
         limit: int = 100,
     ) -> list[Any]:
         """Events after `after_id` in id order (or the newest `limit` when it is None)."""
@@ -797,7 +817,16 @@ class TaskManager:
             _id(task_id)
         if root_id is not None:
             _id(root_id, "workflow id")
-        f = EventFilter(task_id=task_id, root_id=root_id, task_name=name, after_id=after_id)
+        unknown = sorted(set(event_types or ()) - {e.value for e in EventType})
+        if unknown:
+            raise BadInput(f"unknown event type(s) {unknown}: use e.g. task_failed, task_checkpoint, task_progress")
+        f = EventFilter(
+            task_id=task_id,
+            root_id=root_id,
+            task_name=name,
+            after_id=after_id,
+            event_types=list(event_types) if event_types else None,
+        )
         with self.db.read() as conn:
             if after_id is None:
                 page = event_store.query(conn, f, limit, 0, "desc")
@@ -843,6 +872,14 @@ class TaskManager:
         return [
             {"label": by_label, "value": v, "name": n, "status": s, "count": counts[(v, n, s)]} for v, n, s in order
         ]
+
+    def overview(self, minutes: int = 15) -> dict[str, Any]:
+        """The web dashboard's overview: status counts, throughput a minute, oldest due task, workers, cron."""
+        from flowd.audit import dashboard
+
+        if minutes < 1:
+            raise BadInput(f"minutes must be >= 1, not {minutes}")
+        return dashboard.overview(self.db, self._clock(), minutes=minutes)
 
     def dashboard(self, *, window: float = 60.0, bucket: float = 5.0) -> dict[str, Any]:
         """Everything `flowd top` shows, as one plain dict (one consistent read)."""
@@ -924,8 +961,8 @@ class TaskManager:
             version, server, local = db.server_info(self._clock)
             current, head = db.schema_version()
         except FlowdError as e:
-            skipped = [_check(n, "skip", "database not reachable") for n in ("schema", "clock")]
-            return [*checks, _check("database", "fail", str(e)), skipped[0], handlers, skipped[1]]
+            skipped = [_check(n, "skip", "database not reachable") for n in ("schema", "clock", "pooler", "capacity")]
+            return [*checks, _check("database", "fail", str(e)), skipped[0], handlers, *skipped[1:]]
         known = db.is_known_revision(current) if current else False
         return [
             *checks,
@@ -933,6 +970,25 @@ class TaskManager:
             _doctor_schema(current, head, known),
             handlers,
             _doctor_clock(server, local, db.dialect),
+            *self._doctor_pooling(current == head),
+        ]
+
+    def _doctor_pooling(self, schema_ready: bool) -> list[dict[str, Any]]:
+        """The pooler and connections checks (PostgreSQL; skipped elsewhere)."""
+        from flowd.registry import catalog
+
+        db, s = self.db, self.settings
+        try:
+            report = db.pooling_report()
+            fleet = catalog.fleet_size(db, self._clock()) if schema_ready and report is not None else 0
+        except FlowdError as e:
+            return [_check("pooler", "fail", str(e)), _check("capacity", "skip", "database not reachable")]
+        if report is None:
+            skip = f"{db.dialect}: PostgreSQL only"
+            return [_check("pooler", "skip", skip), _check("capacity", "skip", skip)]
+        return [
+            _doctor_pooler(report, s.db_pooled, s.poll_interval),
+            _doctor_connections(report, s.db_pool_size, fleet),
         ]
 
     # -- the in-process worker -------------------------------------------------------
@@ -1031,7 +1087,7 @@ def _check(name: str, status: str, detail: str, errors: Sequence[str] = ()) -> d
 def doctor(config: str | None = None, **overrides: Any) -> dict[str, Any]:
     """`flowd doctor`: settings, database, schema, handlers and clock checks; writes nothing."""
     checks: list[dict[str, Any]] = []
-    names = ("database", "schema", "handlers", "clock")
+    names = ("database", "schema", "handlers", "clock", "pooler", "capacity")
     try:
         m = TaskManager(config=config, **overrides)
     except FlowdError as e:
@@ -1069,6 +1125,49 @@ def _doctor_handlers(directory: Path, import_timeout: float) -> dict[str, Any]:
         )
     listed = ", ".join(reg.names()) or "none found"
     return _check("handlers", "pass", f"{len(reg.handlers)} handler(s) in {directory}: {listed}")
+
+
+def _doctor_pooler(r: dict[str, Any], setting: str, poll_interval: float) -> dict[str, Any]:
+    """Each thing a transaction-mode pooler forbids, checked: startup options, the statement
+    limit inside a transaction, prepared statements, LISTEN."""
+    timeout = f"statement_timeout {r['statement_timeout']:g}s in force"
+    if r["listen_error"] is not None:
+        return _check("pooler", "fail", f"db_listen_url: {r['listen_error']}")
+    if not r["pooled"]:
+        if r["listen_pooled"]:  # db_pooled = true on a direct URL: correct, but no LISTEN
+            fix = f"db_pooled = true: workers poll every {poll_interval:g}s (set it to auto, or set db_listen_url)"
+            return _check("pooler", "warn", f"direct connection; {timeout}; {fix}")
+        return _check("pooler", "pass", f"direct connection; {timeout}; LISTEN works")
+    if setting == "false":
+        return _check("pooler", "fail", "a pooler answers but db_pooled = false: set it to auto or true")
+    if r["statement_timeout"] <= 0:
+        return _check("pooler", "fail", "a pooler answers and statement_timeout is not in force inside a transaction")
+    detail = (
+        f"a pooler answers: no startup options, {timeout} (SET LOCAL per transaction), "
+        "no prepared statements; "
+    )
+    if r["listen_pooled"]:
+        fix = f"LISTEN cannot work through it: workers poll every {poll_interval:g}s (set db_listen_url: a direct URL)"
+        return _check("pooler", "warn", detail + fix)
+    return _check("pooler", "pass", detail + "LISTEN on db_listen_url, a direct connection")
+
+
+def _doctor_connections(r: dict[str, Any], pool_size: int, fleet: int) -> dict[str, Any]:
+    """Connections in use against max_connections, and how many more workers fit."""
+    usable = r["max_connections"] - r["reserved"]
+    per_worker = pool_size + 1
+    detail = (
+        f"{r['in_use']} of {r['max_connections']} in use ({r['reserved']} reserved for superusers); "
+        f"{fleet} worker(s) live, each up to db_pool_size + 1 = {per_worker}"
+    )
+    if r["pooled"]:
+        return _check("capacity", "pass", detail + "; behind the pooler, its pool is what the server sees")
+    room = (usable - r["in_use"]) // per_worker
+    if r["in_use"] >= usable * 0.9:
+        return _check("capacity", "fail", detail + ": the server is nearly full; put PgBouncer in front")
+    if room < max(5, fleet // 4):
+        return _check("capacity", "warn", detail + f": room for {room} more worker(s); consider PgBouncer")
+    return _check("capacity", "pass", detail + f"; room for about {room} more worker(s)")
 
 
 def _doctor_clock(server: datetime | None, local: datetime, dialect: str) -> dict[str, Any]:

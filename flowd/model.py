@@ -210,6 +210,9 @@ class TaskNode(_Fields):
     progress_text: str | None
     progress_percent: float | None
     last_event_time: datetime | None
+    # a flow's step and its index (the tree marks them)
+    flow_id: int | None = None
+    flow_step: int | None = None
 
     @staticmethod
     def of(t: TaskRecord) -> TaskNode:
@@ -224,6 +227,8 @@ class TaskNode(_Fields):
             t.progress_text,
             t.progress_percent,
             t.last_event_time,
+            t.flow_id,
+            t.flow_step,
         )
 
 

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLOWD_", extra="ignore", validate_default=True)
 
     db_url: str = Field("sqlite:///flowd.db", min_length=1)
+    # a direct PostgreSQL connection for LISTEN when db_url goes through a pooler (None: db_url)
+    db_listen_url: str | None = Field(None, min_length=1)
+    # whether db_url goes through a transaction-mode pooler (PgBouncer): auto asks the server
+    db_pooled: Literal["auto", "true", "false"] = "auto"
+    # connections a process keeps to a database server (a worker: plus one for wake-ups)
+    db_pool_size: int = Field(1, ge=1, le=100)
     handlers_dir: Path = Path("handlers")
     pod_id: str | None = Field(None, min_length=1, max_length=128)
     worker_id: str | None = Field(None, min_length=1, max_length=128)
@@ -62,6 +68,10 @@ class Settings(BaseSettings):
     plugin_import_timeout: float = Field(10.0, gt=0, le=3600)
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = Field("127.0.0.1", min_length=1)
+    # `flowd web`: where it listens, and the token every action (and, off loopback, every read) needs
+    web_host: str = Field("127.0.0.1", min_length=1)
+    web_port: int = Field(8765, ge=0, le=65535)
+    web_token: str | None = Field(None, min_length=8, max_length=512)
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
     # seconds of waiting per +1 priority step in the claim order (None: off)
     priority_aging: float | None = Field(None, gt=0, le=MAX_SECONDS)
@@ -94,6 +104,13 @@ class Settings(BaseSettings):
             except (ZoneInfoNotFoundError, ValueError) as e:
                 raise ValueError(f"unknown time zone {v!r}") from e
         return v or None
+
+    @field_validator("db_pooled", mode="before")
+    @classmethod
+    def _pooled_word(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return v.strip().lower() if isinstance(v, str) else v
 
     @field_validator("sqlite_synchronous", mode="before")
     @classmethod

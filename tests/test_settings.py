@@ -146,3 +146,16 @@ def test_unknown_env__names_the_closest_setting_and_spares_documented_variables(
     }
     [message] = unknown_env(env)
     assert "FLOWD_DATABASE_URL" in message and "did you mean FLOWD_DB_URL?" in message
+
+
+def test_db_pooling_settings__words_bools_and_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert (s.db_pooled, s.db_pool_size, s.db_listen_url) == ("auto", 1, None)
+    monkeypatch.setenv("FLOWD_DB_POOLED", "TRUE")
+    monkeypatch.setenv("FLOWD_DB_LISTEN_URL", "postgresql+psycopg://flowd@db:5432/flowd")
+    s = load_settings()
+    assert s.db_pooled == "true" and s.db_listen_url == "postgresql+psycopg://flowd@db:5432/flowd"
+    assert load_settings(db_pooled=False).db_pooled == "false"
+    for bad in ({"db_pool_size": 0}, {"db_pooled": "sometimes"}):
+        with pytest.raises(BadInput):
+            load_settings(**bad)

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from flowd.cli import admin, audit, tasks
+from flowd.cli import admin, audit, tasks, web
 from flowd.cli import bench as bench_cmd
 from flowd.cli.audit import audit_app
 from flowd.cli.flows import flow_app
@@ -26,6 +26,7 @@ tasks.register(app)
 admin.register(app)
 audit.register(app)
 bench_cmd.register(app)
+web.register(app)
 register_flows(app)
 app.add_typer(audit_app, name="audit")
 app.add_typer(admin.db_app, name="db")

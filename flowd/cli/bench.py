@@ -16,6 +16,12 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option("--db", help="server URL to create a scratch database on [default: a temporary SQLite file]"),
         ] = None,
+        listen_db: Annotated[
+            str | None,
+            typer.Option(
+                "--listen-db", help="a direct server URL for the workers' LISTEN when --db goes through a pooler"
+            ),
+        ] = None,
         tasks: Annotated[int, typer.Option("--tasks", help="tasks to enqueue in bulk and process")] = 10_000,
         workers: Annotated[int, typer.Option("--workers", help="`flowd worker` processes")] = 1,
         concurrency: Annotated[int, typer.Option("--concurrency", help="attempts at once per worker")] = 10,
@@ -50,6 +56,7 @@ def register(app: typer.Typer) -> None:
             return
         cfg = BenchConfig(
             db_url=db,
+            listen_db=listen_db,
             tasks=tasks,
             workers=workers,
             concurrency=concurrency,

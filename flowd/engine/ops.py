@@ -272,6 +272,10 @@ def resume_task(db: Database, task_id: int, now: datetime, reason: str | None = 
     return _manual(db, task_id, lambda t: rules.resume(t, reason, now), now)
 
 
+def retry_task(db: Database, task_id: int, now: datetime, reason: str | None = None) -> TaskRecord:
+    return _manual(db, task_id, lambda t: rules.retry(t, reason, now), now)
+
+
 def cancel_task(db: Database, task_id: int, now: datetime, reason: str | None = None) -> TaskRecord:
     return _manual(db, task_id, lambda t: rules.cancel(t, reason), now)
 

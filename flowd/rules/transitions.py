@@ -266,6 +266,7 @@ def resume_after_children(parent: TaskRecord, now: datetime) -> Transition:
 PAUSABLE = frozenset({S.PENDING, S.RUNNING, S.FAILED, S.TIMEOUT})
 RESUMABLE = frozenset({S.PAUSED, S.SUSPENDED, S.FAILED, S.TIMEOUT, S.PERMANENTLY_FAILED})
 CANCELLABLE = frozenset({S.PENDING, S.PAUSED, S.SUSPENDED, S.FAILED, S.TIMEOUT})
+RETRYABLE = frozenset({S.FAILED, S.TIMEOUT, S.PERMANENTLY_FAILED})
 
 
 def pause(task: TaskRecord, reason: str | None = None) -> Transition:
@@ -319,6 +320,15 @@ def resume(task: TaskRecord, reason: str | None, now: datetime) -> Transition:
         values=values,
         events=(EventSpec(EventType.TASK_STATUS_CHANGED, task.status, S.PENDING, reason, {"resume_reason": reason}),),
     )
+
+
+def retry(task: TaskRecord, reason: str | None, now: datetime) -> Transition:
+    """Retry now: a failed, timed-out or permanently failed task back to pending, a fresh retry budget.
+
+    The resume of a failed task, refused for any other status (a paused task is resumed, not retried).
+    """
+    _require(task, RETRYABLE, "retry")
+    return resume(task, reason or "retried by operator", now)
 
 
 def cancel(task: TaskRecord, reason: str | None) -> Transition:

@@ -246,7 +246,7 @@ def insert_copies(conn: sa.Connection, copies: Sequence[Copy], now: datetime) ->
         events.append((tid, _root_of(tpl, tid), *shared[id(tpl)][1]))
     bulk.insert_values(conn, E, _EVENT_KEYS, events)
     if any(tpl.next_run_time is None or tpl.next_run_time <= now for tpl in templates.values()):
-        wakeup.notify(conn)
+        wakeup.notify(conn, len(ids))
     return ids
 
 
@@ -683,6 +683,18 @@ def due_count(conn: sa.Connection, now: datetime) -> int:
     return int(conn.execute(q).scalar_one())
 
 
+def oldest_due(conn: sa.Connection, now: datetime) -> TaskRecord | None:
+    """The pending task that has been due longest (None when nothing is due)."""
+    q = (
+        sa.select(T)
+        .where(T.c.status == TaskStatus.PENDING.value, T.c.next_run_time <= now)
+        .order_by(T.c.next_run_time, T.c.id)
+        .limit(1)
+    )
+    row = conn.execute(q).first()
+    return to_record(row) if row is not None else None
+
+
 def lock(conn: sa.Connection, task_id: int) -> TaskRecord | None:
     """Read a task holding its row lock until commit (SQLite: the file lock is already ours)."""
     return get(conn, task_id, for_update=True)
@@ -772,6 +784,8 @@ def nodes_of_root(conn: sa.Connection, root_id: int) -> list[TaskNode]:
             progress_text=r.progress_text,
             progress_percent=r.progress_percent,
             last_event_time=r.last_event_time,
+            flow_id=r.flow_id,
+            flow_step=r.flow_step,
         )
         for r in rows
     ]
@@ -779,7 +793,7 @@ def nodes_of_root(conn: sa.Connection, root_id: int) -> list[TaskNode]:
 
 _NODE_COLUMNS = (
     "id", "name", "status", "parent_id", "stage", "error",
-    "current_stage_name", "progress_text", "progress_percent", "last_event_time",
+    "current_stage_name", "progress_text", "progress_percent", "last_event_time", "flow_id", "flow_step",
 )  # fmt: skip
 
 

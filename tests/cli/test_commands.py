@@ -121,6 +121,16 @@ def test_pause_resume_cancel__print_the_new_status(flowd: Run) -> None:
     assert flowd("show", "1", "--json").json()["error"] == "not needed"
 
 
+def test_retry__only_a_failure_goes_back_to_pending(flowd: Run) -> None:
+    flowd("submit", "echo", "{}")
+    r = flowd("retry", "1")
+    assert r.code == 1 and "cannot retry task 1: it is pending" in r.err
+    flowd("cancel", "1")
+    assert flowd("retry", "1").out == "task 1 pending\n"
+    t = flowd("show", "1", "--json").json()
+    assert (t["status"], t["retry_count"]) == ("pending", 0)
+
+
 def test_list__filters_and_pages(flowd: Run) -> None:
     for i in range(5):
         flowd("submit", "echo", f'{{"i": {i}}}', "--tag", "a" if i % 2 else "b")

@@ -17,6 +17,9 @@ from flowd.manager import TaskManager
 from flowd.model import TaskStatus, WorkerStatus
 from tests.engine.conftest import event_types, outcomes
 
+# also through PgBouncer in transaction mode (tests/pgbouncer.py)
+pytestmark = pytest.mark.pooled
+
 Make = Callable[..., TaskManager]
 
 
