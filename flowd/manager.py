@@ -20,7 +20,17 @@ from flowd.engine import flows, ops
 from flowd.errors import BadInput, DatabaseUnavailable, FlowdError, NotFound, TaskFailed
 from flowd.limits import MAX_ID, MAX_SECONDS, PRIORITY_MAX
 from flowd.logging import get_logger
-from flowd.model import EventType, HandlerRecord, NewTask, Page, TaskId, TaskRecord, TaskStatus, TaskType
+from flowd.model import (
+    AttemptOutcome,
+    EventType,
+    HandlerRecord,
+    NewTask,
+    Page,
+    TaskId,
+    TaskRecord,
+    TaskStatus,
+    TaskType,
+)
 from flowd.plugins import (
     HandlerSpec,
     PluginError,
@@ -29,6 +39,7 @@ from flowd.plugins import (
     load_modules,
     make_spec,
     merge,
+    spec_from_config,
 )
 from flowd.registry import catalog
 from flowd.rules import constraints as cons
@@ -293,29 +304,40 @@ class TaskManager:
 
     # -- handlers --------------------------------------------------------------------
     def use(self, name: str | Mapping[str, Any], fn: Callable[..., Any] | Mapping[str, Any] | None = None) -> None:
-        """Register handlers in code: `use(name, fn)`, `use(name, {"handler", "options"})`, `use({...})`."""
-        if isinstance(name, Mapping):
-            for n, f in name.items():
-                self.use(n, f)
-            return
-        try:
-            if isinstance(fn, Mapping):
-                spec = make_spec(name, fn["handler"], fn.get("options"))
-            elif fn is not None:
-                spec = make_spec(name, fn)
-            else:
-                raise BadInput(f"use({name!r}) needs a handler function")
-        except opt.InvalidInput as e:
-            raise _bad(e) from e
-        self._code_handlers[name] = spec
-        self._removed.discard(name)
+        """Register handlers in code: `use(name, fn)`, `use(name, {"handler": fn, "timeout": 120, ...})`
+        (the flat shape; `{"handler": fn, "options": {...}}` too), or `use({name: fn_or_dict, ...})`.
+
+        An unknown option is refused (BadInput); `max_concurrent_tasks` means `max_concurrent`.
+        """
+        # every entry is checked before any registers
+        pairs = list(name.items()) if isinstance(name, Mapping) else [(name, fn)]
+        specs = [self._spec(n, f) for n, f in pairs]
+        for spec in specs:
+            self._code_handlers[spec.name] = spec
+            self._removed.discard(spec.name)
         self._refresh_worker()
 
-    def unuse(self, names: str | Sequence[str]) -> None:
+    @staticmethod
+    def _spec(name: str, fn: Callable[..., Any] | Mapping[str, Any] | None) -> HandlerSpec:
+        try:
+            if isinstance(fn, Mapping):
+                return spec_from_config(name, fn)
+            if fn is None:
+                raise opt.InvalidInput(f"use({name!r}) needs a handler function")
+            return make_spec(name, fn)
+        except opt.InvalidInput as e:
+            raise _bad(e) from e
+
+    def unuse(self, names: str | Sequence[str]) -> int:
+        """Unregister handlers (one name or several) for future claims; returns how many were registered."""
+        removed = 0
         for n in [names] if isinstance(names, str) else names:
+            if n in self.registry():
+                removed += 1
             self._code_handlers.pop(n, None)
             self._removed.add(n)
         self._refresh_worker()
+        return removed
 
     def _refresh_worker(self) -> None:
         if self._worker is not None:
@@ -404,11 +426,17 @@ class TaskManager:
 
         `debounce=S` (with `key`): the run starts S seconds after the last submission of the
         burst; a submission while the key's task is still pending replaces its payload and
-        pushes its start instead of adding a task.
+        pushes its start instead of adding a task. `once=True` (with `key`): the key's task
+        runs once ever — its id is returned even after it finished (taskbuffer's TaskOnce).
         """
         now = self._clock()
         options = dict(options)
+        once = bool(options.pop("once", False))
         debounce = options.pop("debounce", None)
+        if once and not options.get("key"):
+            raise BadInput("--once needs --key: the key names the task that runs once")
+        if once and debounce is not None:
+            raise BadInput("--once and --debounce contradict each other: choose one")
         if debounce is not None:
             if not options.get("key"):
                 raise BadInput(
@@ -428,7 +456,10 @@ class TaskManager:
                 if pending is not None and task_store.debounce(conn, pending, new, now):
                     return pending.id
             elif new.key:
-                existing = task_store.find_active_by_key(conn, new.key, TaskType.ASYNC)
+                if once:
+                    existing = task_store.find_by_key(conn, new.key, TaskType.ASYNC)
+                else:
+                    existing = task_store.find_active_by_key(conn, new.key, TaskType.ASYNC)
                 if existing is not None:
                     return existing.id
             (tid,) = task_store.insert_tasks(conn, [new], now)
@@ -583,7 +614,10 @@ class TaskManager:
         return {"groups": groups, "keys": keys}
 
     def entity(self, entity_type: str, entity_id: str, limit: int = 100) -> dict[str, Any]:
-        """What is happening to one domain object: its tasks' projected states, newest first."""
+        """What is happening to one domain object: its tasks' projected states, newest first.
+
+        A flow or chain bound to it is one row with `flow_id` set (and `task_id` null).
+        """
         self.check_page(limit, 0)
         try:
             entity_type, entity_id = flow_rules.check_entity((entity_type, entity_id)) or (entity_type, entity_id)
@@ -594,6 +628,7 @@ class TaskManager:
         tasks = [
             {
                 "task_id": r["task_id"],
+                "flow_id": r["flow_id"],
                 "name": r["name"],
                 "status": r["status"],
                 "result": r["result"],
@@ -806,17 +841,116 @@ class TaskManager:
         worker_id: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        outcome: str | None = None,
+        open_only: bool = False,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        ended_after: datetime | None = None,
+        ended_before: datetime | None = None,
         limit: int = 1000,
         offset: int = 0,
         order: str = "asc",
     ) -> dict[str, Any]:
         """`{"task", "events": Page, "attempts": Page}`; the filters narrow the events.
 
-        `attempt` and `worker_id` narrow the attempts too; `limit`/`offset` page the events
-        (the attempts page shares `limit`, from the first).
+        `attempt` and `worker_id` narrow the attempts too; `outcome`, `open_only` and the
+        started/ended ranges narrow only the attempts; `limit`/`offset` page the events (the
+        attempts page shares `limit`, from the first).
         """
         _id(task_id)
         self.check_page(limit, offset, order)
+        ef = self.event_filter(event_types, attempt, stage, worker_id, since, until)
+        af = self.attempt_filter(
+            outcome, worker_id, open_only, started_after, started_before, ended_after, ended_before, attempt
+        )
+        return views.task_audit(self.db, task_id, ef, af, limit, offset, order)
+
+    def workflow_attempts(
+        self,
+        root_id: int,
+        *,
+        outcome: str | None = None,
+        worker_id: str | None = None,
+        open_only: bool = False,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        ended_after: datetime | None = None,
+        ended_before: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        order: str = "asc",
+    ) -> dict[str, Any]:
+        """The attempts of every task of a workflow (any of its task ids finds it), one page
+        ordered by task and attempt: fib-flow's `queryWorkflowAttempts`.
+
+        `flowd audit workflow ROOT --attempts --json` prints `{"task": root, "attempts": page}`
+        (`workflow_attempts_audit`).
+        """
+        doc = self.workflow_attempts_audit(
+            root_id,
+            self.attempt_filter(
+                outcome, worker_id, open_only, started_after, started_before, ended_after, ended_before
+            ),
+            limit,
+            offset,
+            order,
+        )
+        page: dict[str, Any] = doc["attempts"]
+        return page
+
+    def workflow_events(
+        self,
+        root_id: int,
+        *,
+        event_types: str | Sequence[str] | None = None,
+        worker_id: str | None = None,
+        attempt: int | None = None,
+        stage: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        order: str = "asc",
+    ) -> dict[str, Any]:
+        """The events of every task of a workflow (any of its task ids finds it), one page in
+        id order: fib-flow's `queryWorkflowEvents`.
+
+        `flowd audit workflow ROOT --events --json` prints `{"task": root, "events": page}`
+        (`workflow_events_audit`).
+        """
+        types = [event_types] if isinstance(event_types, str) else event_types
+        doc = self.workflow_events_audit(
+            root_id, self.event_filter(types, attempt, stage, worker_id, since, until), limit, offset, order
+        )
+        page: dict[str, Any] = doc["events"]
+        return page
+
+    def workflow_attempts_audit(
+        self, root_id: int, f: AttemptFilter, limit: int = 100, offset: int = 0, order: str = "asc"
+    ) -> dict[str, Any]:
+        """`{"task": root, "attempts": Page}` for a filter made by `attempt_filter`."""
+        _id(root_id)
+        self.check_page(limit, offset, order)
+        return views.workflow_attempts(self.db, root_id, f, limit, offset, order)
+
+    def workflow_events_audit(
+        self, root_id: int, f: EventFilter, limit: int = 100, offset: int = 0, order: str = "asc"
+    ) -> dict[str, Any]:
+        """`{"task": root, "events": Page}` for a filter made by `event_filter`."""
+        _id(root_id)
+        self.check_page(limit, offset, order)
+        return views.workflow_events(self.db, root_id, f, limit, offset, order)
+
+    @staticmethod
+    def event_filter(
+        event_types: Sequence[str] | None = None,
+        attempt: int | None = None,
+        stage: int | None = None,
+        worker_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> EventFilter:
+        """The events' filters, checked (BadInput): known event types, attempt >= 1, stage >= 0, a range."""
         unknown = sorted(set(event_types or ()) - {e.value for e in EventType})
         if unknown:
             raise BadInput(f"unknown event type(s) {unknown}: use e.g. task_failed, task_checkpoint, task_progress")
@@ -825,8 +959,8 @@ class TaskManager:
         if stage is not None and not 0 <= stage <= PRIORITY_MAX:
             raise BadInput(f"stage must be >= 0 and at most {PRIORITY_MAX}, not {stage}")
         if since is not None and until is not None and since > until:
-            raise BadInput(f"{self._param('since')} is after {self._param('until')}: nothing can match")
-        ef = EventFilter(
+            raise BadInput("since is after until: nothing can match")
+        return EventFilter(
             event_types=list(event_types) if event_types else None,
             attempt=attempt,
             stage=stage,
@@ -834,8 +968,37 @@ class TaskManager:
             since=since,
             until=until,
         )
-        af = AttemptFilter(worker_id=worker_id, attempt=attempt)
-        return views.task_audit(self.db, task_id, ef, af, limit, offset, order)
+
+    @staticmethod
+    def attempt_filter(
+        outcome: str | None = None,
+        worker_id: str | None = None,
+        open_only: bool = False,
+        started_after: datetime | None = None,
+        started_before: datetime | None = None,
+        ended_after: datetime | None = None,
+        ended_before: datetime | None = None,
+        attempt: int | None = None,
+    ) -> AttemptFilter:
+        """The attempts' filters (fib-flow's), checked (BadInput): a known outcome, ranges in order."""
+        outcomes = [o.value for o in AttemptOutcome]
+        if outcome is not None and outcome not in outcomes:
+            raise BadInput(f"unknown attempt outcome {outcome!r}: use one of {', '.join(outcomes)}")
+        if open_only and outcome is not None:
+            raise BadInput("an open attempt has no outcome yet: use --open-only or --outcome, not both")
+        for lo, hi, what in ((started_after, started_before, "started"), (ended_after, ended_before, "ended")):
+            if lo is not None and hi is not None and lo > hi:
+                raise BadInput(f"--{what}-after is after --{what}-before: nothing can match")
+        return AttemptFilter(
+            worker_id=worker_id,
+            attempt=attempt,
+            outcome=outcome,
+            open_only=open_only,
+            started_since=started_after,
+            started_until=started_before,
+            ended_since=ended_after,
+            ended_until=ended_before,
+        )
 
     def events(
         self,
@@ -884,11 +1047,18 @@ class TaskManager:
         _id(task_id)
         return views.workflow_summary(self.db, task_id, self._clock())
 
-    def stats(self, tag: str | None = None, by_label: str | None = None) -> list[dict[str, Any]]:
-        """Counts by tag, name and status; with `by_label`, by that label's value, name and status."""
+    def stats(
+        self, tag: str | None = None, by_label: str | None = None, status: str | Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Counts by tag, name and status; with `by_label`, by that label's value, name and status.
+
+        `tag` and `status` (one or several) narrow what is counted (fib-flow's
+        `getTaskStatsByTag(tag, status)`).
+        """
+        statuses = self.task_filter(status=status).status
         if by_label is None:
             with self.db.read() as conn:
-                rows = task_store.stats(conn, tag)
+                rows = task_store.stats(conn, tag, statuses)
             return [{"tag": t, "name": n, "status": s, "count": c} for t, n, s, c in rows]
         if not by_label.strip():
             raise BadInput(
@@ -896,7 +1066,7 @@ class TaskManager:
                 + ("--by-label tenant" if self.cli else "by_label='tenant'")
             )
         with self.db.read() as conn:
-            grouped = task_store.stats_by_labels(conn, tag)
+            grouped = task_store.stats_by_labels(conn, tag, statuses)
         counts: dict[tuple[str | None, str, str], int] = {}
         for labels, name, status, n in grouped:
             k = (labels.get(by_label), name, status)

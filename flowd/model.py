@@ -74,6 +74,7 @@ class EventType(enum.StrEnum):
     TASK_CHECKPOINT = "task_checkpoint"
     TASK_PROGRESS = "task_progress"
     TASK_UPDATED = "task_updated"
+    TASK_SKIPPED = "task_skipped"
     FLOW_STARTED = "flow_started"
 
 

@@ -24,7 +24,7 @@ from flowd.limits import MAX_SECONDS
 from flowd.logging import importing
 from flowd.model import EventType
 from flowd.rules.constraints import Constraint
-from flowd.rules.options import OPTION_KEYS, InvalidInput, check_name, check_options
+from flowd.rules.options import HANDLER_OPTION_KEYS, OPTION_KEYS, InvalidInput, check_name, check_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 MARK = "__flowd_handler__"
@@ -62,6 +62,12 @@ class HandlerSpec:
         return dict(v) if v else None
 
     @property
+    def should_run(self) -> Callable[[Any], Any] | None:
+        """The pre-run check (`@handler(..., should_run=fn)`), if any."""
+        fn = self.options.get("should_run")
+        return fn if callable(fn) else None
+
+    @property
     def steps(self) -> dict[str, float] | None:
         """Declared steps (name → weight) for `task.step()`, if any."""
         v = self.options.get("steps")
@@ -88,12 +94,16 @@ def handler(
     cron: str | None = None,
     tz: str | None = None,
     payload: Mapping[str, Any] | None = None,
+    description: str | None = None,
+    should_run: Callable[[Any], bool] | None = None,
 ) -> Callable[[F], F]:
     """Declare a function (sync or `async def`) as the handler for task `name`.
 
     `constraints`: groups made with `flowd.constraint(...)` that its tasks must respect.
     `cron` (with optional `tz` and `payload`): a schedule that exists while a worker serving
     this handler runs, kept under the key `handler:<name>` (see `schedule_key`).
+    `description`: shown by `flowd handlers`. `should_run(task) -> bool` runs before the
+    handler; False completes the task without running it (result null, event `task_skipped`).
     """
     check_name(name)
     if cron is None and (tz is not None or payload is not None):
@@ -111,6 +121,8 @@ def handler(
             "steps": steps,
             "constraints": list(constraints) if constraints else None,
             "schedule": {"cron": cron, "tz": tz, "payload": payload} if cron is not None else None,
+            "description": description,
+            "should_run": should_run,
         }
     )
 
@@ -507,3 +519,33 @@ def merge(base: Registry, extra: Registry) -> Registry:
         handlers[name] = spec
     hooks = {e: (*base.hooks.get(e, ()), *extra.hooks.get(e, ())) for e in set(base.hooks) | set(extra.hooks)}
     return Registry(handlers, errors, base.files, hooks)
+
+
+def spec_from_config(name: str, config: Mapping[str, Any]) -> HandlerSpec:
+    """`use(name, {"handler": fn, "timeout": 120, ...})`: the reference's flat shape, or
+    `{"handler": fn, "options": {...}}`; `max_concurrent_tasks` is the reference's name for
+    `max_concurrent`. An unknown key is refused (never silently dropped)."""
+    cfg = dict(config)
+    fn = cfg.pop("handler", None)
+    if fn is None:
+        raise InvalidInput(f"use({name!r}, {{...}}) needs a 'handler' function in the dict")
+    nested = cfg.pop("options", None)
+    if nested is not None and not isinstance(nested, Mapping):
+        raise InvalidInput(f"use({name!r}): 'options' must be a dict")
+    options = dict(nested or {})
+    both = sorted(set(options) & set(cfg))
+    if both:
+        raise InvalidInput(f"use({name!r}): {both} given both flat and under 'options'")
+    options.update(cfg)
+    if "max_concurrent_tasks" in options:
+        if "max_concurrent" in options:
+            raise InvalidInput(f"use({name!r}): give max_concurrent or max_concurrent_tasks, not both")
+        options["max_concurrent"] = options.pop("max_concurrent_tasks")
+    unknown = sorted(str(k) for k in options if k not in HANDLER_OPTION_KEYS)
+    if unknown:
+        known = ", ".join(("handler", *HANDLER_OPTION_KEYS, "max_concurrent_tasks"))
+        raise InvalidInput(f"use({name!r}): unknown handler option(s) {unknown}; known: {known}")
+    try:
+        return make_spec(name, fn, options)
+    except InvalidInput as e:
+        raise InvalidInput(f"use({name!r}): {e}") from None

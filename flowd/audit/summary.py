@@ -13,6 +13,8 @@ from flowd.model import AttemptRecord, TaskNode, TaskRecord
 from flowd.rules.shapes import attempt_json, task_json
 
 FAILED = ("failed", "timeout", "permanently_failed")
+# `failed_tasks` lists paused tasks too (a cron task that used up its attempts), as the reference does
+FAILED_TASKS = (*FAILED, "paused")
 
 
 def _duration(a: AttemptRecord, now: datetime) -> float:
@@ -101,7 +103,6 @@ def summarize(
     ends = [a.ended_at for a in attempts if a.ended_at is not None]
     last_event = max((t.last_event_time for t in tasks if t.last_event_time), default=None)
     last_end = max(ends) if ends else None
-    end_for_duration = last_end or last_event
     root_node = next((t for t in tasks if t.id == root.id), None) or TaskNode.of(root)
     root_attempts = sorted((a for a in attempts if a.task_id == root.id), key=lambda a: a.attempt)
     dur = {a.id: _duration(a, now) for a in attempts}
@@ -124,7 +125,8 @@ def summarize(
             "first_started_at": iso(min(starts)) if starts else None,
             "last_ended_at": iso(last_end),
             "last_event_time": iso(last_event),
-            "workflow_duration_seconds": seconds_between(root.created_at, end_for_duration),
+            # from the root's creation to the last attempt's end; null until an attempt has ended
+            "workflow_duration_seconds": seconds_between(root.created_at, last_end),
         },
         "stage_timings": [
             {
@@ -141,7 +143,7 @@ def summarize(
         "failed_tasks": [
             {"task_id": t.id, "name": t.name, "status": t.status.value, "error": t.error}
             for t in sorted(tasks, key=lambda t: t.id)
-            if t.status.value in FAILED
+            if t.status.value in FAILED_TASKS
         ],
         "critical_path": critical_path(root_node, tasks, attempts, now, dur),
         "slowest_attempts": [{**attempt_json(a), "duration_seconds": dur[a.id]} for a in slowest],

@@ -53,6 +53,29 @@ def workflow_audit(db: Database, task_id: int, limit: int = 10000, offset: int =
     return {"task": task_json(root), "tasks": page_json(tasks, task_json), "events": page_json(evs, event_json)}
 
 
+def _root(conn: Any, task_id: int) -> TaskRecord:
+    t = _task(conn, task_id)
+    return _task(conn, t.root_id) if t.root_id not in (None, t.id) else t
+
+
+def workflow_attempts(
+    db: Database, task_id: int, f: AttemptFilter, limit: int, offset: int, order: str
+) -> dict[str, Any]:
+    """`{"task": root, "attempts": Page}`: the attempts of every task of the workflow containing `task_id`."""
+    with db.read() as conn:
+        root = _root(conn, task_id)
+        ats = attempt_store.query(conn, replace(f, root_id=root.id), limit, offset, order)
+    return {"task": task_json(root), "attempts": page_json(ats, attempt_json)}
+
+
+def workflow_events(db: Database, task_id: int, f: EventFilter, limit: int, offset: int, order: str) -> dict[str, Any]:
+    """`{"task": root, "events": Page}`: the events of every task of the workflow containing `task_id`."""
+    with db.read() as conn:
+        root = _root(conn, task_id)
+        evs = event_store.query(conn, replace(f, root_id=root.id), limit, offset, order)
+    return {"task": task_json(root), "events": page_json(evs, event_json)}
+
+
 def _workflow(conn: Any, task_id: int) -> tuple[TaskRecord, list[TaskNode], list[AttemptRecord]]:
     t = _task(conn, task_id)
     root = _task(conn, t.root_id) if t.root_id not in (None, t.id) else t

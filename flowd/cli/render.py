@@ -215,7 +215,7 @@ def constraints(doc: dict[str, Any]) -> None:
         groups.add_column(col)
     for g in doc["groups"]:
         applies = ", ".join(g["applies_to"]) or "every task"
-        row = (g["name"], g["key"], str(g["max_concurrent"]), f"{g['cooldown']:g}s", applies, g["source"])
+        row = (g["name"], g["key"] or "(global)", str(g["max_concurrent"]), f"{g['cooldown']:g}s", applies, g["source"])
         groups.add_row(*(Text(v) for v in row))  # templates like {payload[domain]} are not markup
     c.print(groups)
     keys = Table(title="keys in use", box=None, pad_edge=False, title_justify="left")
@@ -238,7 +238,8 @@ def entity(doc: dict[str, Any]) -> None:
         table.add_column(col)
     for t in doc["tasks"]:
         detail = _short(t["error"]) if t["status"] == "failed" else _short(t["result"])
-        table.add_row(str(t["task_id"]), t["name"], status(t["status"]), local_time(t["updated_at"]), detail)
+        ident = str(t["task_id"]) if t.get("flow_id") is None else f"flow {t['flow_id']}"
+        table.add_row(ident, t["name"], status(t["status"]), local_time(t["updated_at"]), detail)
     c.print(table)
 
 

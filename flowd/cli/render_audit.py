@@ -149,8 +149,23 @@ def audit_task(doc: Mapping[str, Any], now: datetime | None = None) -> None:
         facts.add_row("error", Text(first_line(t["error"]), style="red"))
     c.print(facts)
 
-    attempts, events = doc["attempts"], doc["events"]
-    at = _table(f"attempts ({attempts['total']})")
+    c.print()
+    c.print(_attempts_table(doc["attempts"], now))
+    c.print()
+    c.print(_events_table(doc["events"], now))
+
+
+def _shown(page: Mapping[str, Any]) -> str:
+    """`12`, or `50 of 120 from 0` when the page is not everything."""
+    if not page["has_more"] and page["offset"] == 0:
+        return f"{page['total']}"
+    return f"{len(page['items'])} of {page['total']} from {page['offset']}"
+
+
+def _attempts_table(attempts: Mapping[str, Any], now: datetime | None, with_task: bool = False) -> Table:
+    at = _table(f"attempts ({_shown(attempts) if with_task else attempts['total']})")
+    if with_task:
+        at.add_column("task", justify="right", no_wrap=True)
     at.add_column("#", justify="right", no_wrap=True)
     at.add_column("stage", justify="right", no_wrap=True)
     at.add_column("worker", **CUT, max_width=24)
@@ -159,7 +174,9 @@ def audit_task(doc: Mapping[str, Any], now: datetime | None = None) -> None:
     at.add_column("outcome", no_wrap=True)
     at.add_column("error")
     for a in attempts["items"]:
+        cells: list[Any] = [str(a["task_id"])] if with_task else []
         at.add_row(
+            *cells,
             str(a["attempt"]),
             str(a.get("stage", "")),
             a.get("worker_id") or "-",
@@ -168,16 +185,14 @@ def audit_task(doc: Mapping[str, Any], now: datetime | None = None) -> None:
             status(a.get("outcome")) if a.get("outcome") else Text("open", style="yellow"),
             _one_line(first_line(a.get("error")), "red"),
         )
-    c.print()
-    c.print(at)
+    return at
 
-    shown = (
-        f"{events['total']}"
-        if not events["has_more"] and events["offset"] == 0
-        else (f"{len(events['items'])} of {events['total']} from {events['offset']}")
-    )
-    ev = _table(f"events ({shown})")
+
+def _events_table(events: Mapping[str, Any], now: datetime | None, with_task: bool = False) -> Table:
+    ev = _table(f"events ({_shown(events)})")
     ev.add_column("time", no_wrap=True)
+    if with_task:
+        ev.add_column("task", justify="right", no_wrap=True)
     ev.add_column("event", no_wrap=True)
     ev.add_column("from → to", no_wrap=True)
     ev.add_column("stage", justify="right", no_wrap=True)
@@ -188,16 +203,28 @@ def audit_task(doc: Mapping[str, Any], now: datetime | None = None) -> None:
         style = "red" if kind in ("task_failed", "task_timed_out", "task_permanently_failed") else ""
         if kind in ("task_checkpoint", "task_progress"):
             style = "cyan"
+        cells: list[Any] = [str(e["task_id"])] if with_task else []
         ev.add_row(
             short_time(e["created_at"], now),
+            *cells,
             Text(_kind(kind), style=style),
             _move(e),
             "" if e.get("stage") is None else str(e["stage"]),
             "" if not e.get("attempt") else str(e["attempt"]),
             _one_line(_event_message(e)),
         )
-    c.print()
-    c.print(ev)
+    return ev
+
+
+def workflow_page(doc: Mapping[str, Any], now: datetime | None = None) -> None:
+    """`flowd audit workflow ROOT --attempts` or `--events`: the root's line, then the page."""
+    c = console()
+    t = doc["task"]
+    c.print(Text.assemble((f"workflow {t['id']} ", "bold"), (t["name"], "bold cyan"), "  ", status(t["status"])))
+    if "attempts" in doc:
+        c.print(_attempts_table(doc["attempts"], now, with_task=True))
+    else:
+        c.print(_events_table(doc["events"], now, with_task=True))
 
 
 def _spent(attempts: Sequence[Any]) -> float:

@@ -119,6 +119,9 @@ def register(app: typer.Typer) -> None:
         entity: Annotated[
             str | None, typer.Option("--entity", help="TYPE:ID the task is about (see flowd entity)")
         ] = None,
+        once: Annotated[
+            bool, typer.Option("--once", help="with --key: run once ever; later submits print the same id")
+        ] = False,
         allow_unknown: AllowUnknown = False,
         retry_backoff: Backoff = None,
         retry_max_interval: MaxInterval = None,
@@ -146,6 +149,8 @@ def register(app: typer.Typer) -> None:
         opts.update(_backoff(retry_backoff, retry_max_interval, retry_jitter))
         if debounce is not None:
             opts["debounce"] = debounce
+        if once:
+            opts["once"] = True
         if entity is not None:
             opts["entity"] = entity
         tid = m.submit(name, body, allow_unknown=allow_unknown, **opts)
@@ -309,6 +314,9 @@ def register(app: typer.Typer) -> None:
         by_label: Annotated[
             str | None, typer.Option("--by-label", help="count by this label's value instead of by tag")
         ] = None,
+        status: Annotated[
+            list[str] | None, typer.Option("--status", help="count only tasks in this status (repeatable)")
+        ] = None,
         json_: JsonOpt = False,
         db: DbOpt = None,
         config: ConfigOpt = None,
@@ -316,5 +324,5 @@ def register(app: typer.Typer) -> None:
         """Task counts by tag (or by a label's value), name and status."""
         from flowd.cli import render
 
-        items = manager(db, config).stats(tag, by_label)
+        items = manager(db, config).stats(tag, by_label, status)
         render.emit_json({"items": items}) if json_ else render.stats_table(items)

@@ -22,6 +22,7 @@ from flowd.registry import catalog
 from flowd.rules import constraints as cons
 from flowd.rules import flows as rules
 from flowd.rules import options as opt
+from flowd.store import entities as entity_store
 from flowd.store import flows as flow_store
 from flowd.store import tasks as task_store
 from flowd.store.db import Database
@@ -229,6 +230,8 @@ def start(conn: Any, p: FlowPlan, now: datetime) -> int:
         },
         now,
     )
+    if p.entity is not None:
+        entity_store.flow_started(conn, flow_id, p.kind, p.name, p.entity, now)
     first = p.steps if p.kind == rules.FLOW else p.steps[:1]
     news = [new_task(s, now, flow_id=flow_id, flow_step=i, entity=p.entity, **links) for i, s in enumerate(first)]
     task_store.insert_tasks(conn, news, now)
@@ -258,9 +261,13 @@ def on_step_final(conn: Any, task: TaskRecord, now: datetime) -> None:
         )
     elif d.action == "complete":
         flow_store.close(conn, flow.id, "completed", {"result": step.result}, now)
+        if flow.entity_type is not None:
+            entity_store.flow_closed(conn, flow.id, "executed", {"result": step.result}, now)
         log.info("flow_completed", flow_id=flow.id, kind=flow.kind)
     elif d.action == "fail":
         flow_store.close(conn, flow.id, "failed", {"error": d.error}, now)
+        if flow.entity_type is not None:
+            entity_store.flow_closed(conn, flow.id, "failed", {"error": d.error}, now)
         log.warning("flow_failed", flow_id=flow.id, error=d.error)
 
 
@@ -274,6 +281,8 @@ def _dispatch_join(conn: Any, flow: FlowRecord, now: datetime, *, aborted: bool,
     new = new_task({**join, "payload": {**join["payload"], "flow_results": results}}, now, **_links(flow))
     (jid,) = task_store.insert_tasks(conn, [new], now)
     flow_store.update(conn, flow.id, {"join_task_id": jid}, now)
+    if flow.entity_type is not None:
+        entity_store.join_created(conn, flow.id, jid, now)
     log.info("flow_joined", flow_id=flow.id, join_task_id=jid, aborted=aborted, timed_out=timed_out)
     return jid
 

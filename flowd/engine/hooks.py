@@ -51,7 +51,10 @@ class HookRunner:
         self._ensure_thread()
 
     def _ensure_thread(self) -> None:
-        if self._thread is None:
+        # handler threads fire too (progress, checkpoints): start exactly one dispatcher
+        with self._lock:
+            if self._thread is not None:
+                return
             self._thread = threading.Thread(target=self._dispatch, name="flowd-hooks", daemon=True)
             self._thread.start()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +14,7 @@ from flowd.limits import MAX_TEXT
 from flowd.logging import get_logger
 from flowd.model import EventType, Suspension, TaskRecord, TaskStatus, TaskType
 from flowd.rules import flows as flow_rules
-from flowd.rules.options import InvalidInput, check_checkpoint_code, check_percent, step_percent
+from flowd.rules.options import CODE_RE, InvalidInput, check_checkpoint_code, check_percent, step_percent
 from flowd.rules.shapes import task_json
 from flowd.rules.transitions import EventSpec
 from flowd.store import tasks as store
@@ -22,7 +23,10 @@ from flowd.store.tasks import Fence
 
 log = get_logger("flowd.task")
 
-_PROGRESS_KEYS = {"stage_name", "progress_text", "progress_percent", "message", "metadata", "text", "percent"}
+_PROGRESS_KEYS = ("stage_name", "progress_text", "progress_percent", "message", "metadata")
+# the same keys by the names of the keyword form
+_PROGRESS_ALIASES = {"text": "progress_text", "percent": "progress_percent"}
+_CHECKPOINT_KEYS = ("code", "message", "metadata")
 
 
 class Task:
@@ -40,8 +44,11 @@ class Task:
         clock: Callable[[], datetime] = utcnow,
         steps: Mapping[str, float] | None = None,
         resolver: flows.Resolver | None = None,
+        written: Callable[[EventSpec], None] | None = None,
     ) -> None:
+        """`written(event)` is told of each event this task's API committed (the worker's hooks)."""
         assert record.worker_id is not None
+        self._written = written
         self._resolver = resolver
         self._steps = dict(steps) if steps else None
         self._record = record
@@ -88,74 +95,77 @@ class Task:
             ok = store.record_fenced_event(conn, self._record, self._fence, event, values, now)
         if not ok:
             log.warning("stale_write", task_id=self.id, attempt=self.attempt, event_type=event.type.value)
+        elif self._written is not None:
+            self._written(event)  # committed: `@on("task_progress")` / `@on("task_checkpoint")` may run
         return ok
 
-    def audit(self, code: str, message: str | None = None, metadata: Mapping[str, Any] | None = None) -> None:
-        """Write a `task_checkpoint` event; `code` is lower snake_case, metadata a dict."""
-        try:
-            c = check_checkpoint_code(code)
-        except InvalidInput as e:
-            raise HandlerError(str(e)) from None
-        if metadata is not None and not isinstance(metadata, Mapping):
-            raise HandlerError(f"checkpoint metadata must be a dict, not {type(metadata).__name__}")
-        meta = {**dict(metadata or {}), "code": c}
+    def audit(
+        self,
+        code: str | Mapping[str, Any],
+        message: str | Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write a `task_checkpoint` event; `code` is lower snake_case, metadata a dict.
+
+        Forms: `audit(code, message=None, metadata=None)`, `audit(code, {"message", "metadata"})`
+        and `audit({"code", "message", "metadata"})`. Anything else raises TypeError or
+        ValueError (which, unless caught, fails the attempt with that message).
+        """
+        c, msg, meta = checkpoint_args(code, message, metadata)
         run = TaskStatus.RUNNING
-        self._write(EventSpec(EventType.TASK_CHECKPOINT, run, run, message or c, meta), {})
+        self._write(EventSpec(EventType.TASK_CHECKPOINT, run, run, msg or c, {**meta, "code": c}), {})
 
     checkpoint = audit
 
     def progress(
         self,
         text: str | Mapping[str, Any] | None = None,
-        stage_name: str | None = None,
+        stage_name: str | Mapping[str, Any] | None = None,
         percent: float | None = None,
         message: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
         """Record progress (`task_progress`), update the task's progress fields and heartbeat.
 
-        Either keyword arguments or one dict with the keys `stage_name, progress_text,
-        progress_percent, message, metadata`; at least one of text, stage name, percent.
+        Forms: keyword arguments (`progress("text", stage_name=, percent=, message=, metadata=)`),
+        `progress("text", {"stage_name", "progress_percent", "message", "metadata"})`, or one dict
+        with the keys `stage_name, progress_text, progress_percent, message, metadata`; at least
+        one of text, stage name, percent. `stage_name` is lower snake_case. Anything else raises
+        TypeError or ValueError.
         """
-        if isinstance(text, Mapping):
-            d = dict(text)
-            unknown = set(d) - _PROGRESS_KEYS
-            if unknown:
-                raise HandlerError(
-                    f"unknown progress keys {sorted(unknown)}: "
-                    "use stage_name, progress_text, progress_percent, message, metadata"
-                )
-            text = d.get("progress_text", d.get("text"))
-            stage_name = d.get("stage_name", stage_name)
-            percent = d.get("progress_percent", d.get("percent", percent))
-            message = d.get("message", message)
-            metadata = d.get("metadata", metadata)
-        if text is None and stage_name is None and percent is None:
-            raise HandlerError("progress needs at least one of text, stage_name or percent")
-        try:
-            pct = check_percent(percent)
-        except InvalidInput as e:
-            raise HandlerError(str(e)) from None
-        if metadata is not None and not isinstance(metadata, Mapping):
-            raise HandlerError(f"progress metadata must be a dict, not {type(metadata).__name__}")
-        if stage_name is not None and len(str(stage_name)) > MAX_TEXT:
-            raise HandlerError(f"stage_name is {len(str(stage_name))} characters long: the limit is {MAX_TEXT}")
+        # the reference's `progress(text, {options})`: the dict arrives in the second position
+        options = stage_name if isinstance(stage_name, Mapping) else None
+        if options is not None:
+            stage_name = None
+        p = progress_args(
+            text,
+            options,
+            {"stage_name": stage_name, "percent": percent, "message": message, "metadata": metadata},
+        )
+        self._progress(p)
+
+    def _progress(self, p: ProgressArgs) -> None:
         values: dict[str, Any] = {"heartbeat_at": self._clock()}
-        if stage_name is not None:
-            values["current_stage_name"] = str(stage_name)
-        if text is not None:
-            values["progress_text"] = str(text)
-        if pct is not None:
-            values["progress_percent"] = pct
+        if p.stage_name is not None:
+            values["current_stage_name"] = p.stage_name
+        if p.text is not None:
+            values["progress_text"] = p.text
+        if p.percent is not None:
+            values["progress_percent"] = p.percent
         meta = {
-            "stage_name": stage_name,
-            "progress_text": text,
-            "progress_percent": pct,
-            **({"metadata": dict(metadata)} if metadata else {}),
+            "stage_name": p.stage_name,
+            "progress_text": p.text,
+            "progress_percent": p.percent,
+            **({"metadata": dict(p.metadata)} if p.metadata else {}),
         }
         run = TaskStatus.RUNNING
-        msg = message or (str(text) if text is not None else stage_name)
+        msg = p.message or (p.text if p.text is not None else p.stage_name)
         self._write(EventSpec(EventType.TASK_PROGRESS, run, run, msg, meta), values)
+
+    def _skipped(self) -> bool:
+        """Record that `should_run` said no (`task_skipped`); the attempt then completes with result null."""
+        run = TaskStatus.RUNNING
+        return self._write(EventSpec(EventType.TASK_SKIPPED, run, run, "should_run returned False", {}), {})
 
     def step(self, name: str, text: str | None = None) -> None:
         """Enter a declared step: sets the stage name and the weighted percentage for you.
@@ -170,7 +180,8 @@ class Task:
         except InvalidInput as e:
             raise HandlerError(str(e)) from None
         position = list(self._steps).index(name) + 1
-        self.progress(text or f"step {position} of {len(self._steps)}", stage_name=name, percent=pct)
+        # a declared step's name is the stage name as declared (steps are not held to snake_case)
+        self._progress(ProgressArgs(text or f"step {position} of {len(self._steps)}", name, pct, None, {}))
 
     def children(self) -> list[dict[str, Any]]:
         """The previous stage's child tasks (JSON task shape), sorted by id."""
@@ -235,4 +246,104 @@ class Task:
             if not store.record_fenced_event(conn, self._record, self._fence, event, {}, now):
                 # this attempt is over (timed out, recovered, paused): roll the flow back
                 raise HandlerError(f"task {self.id} attempt {self.attempt} no longer owns the task: flow not started")
+        if self._written is not None:
+            self._written(event)  # committed: `@on("flow_started")` may run
         return flow_id
+
+
+def _metadata(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} metadata must be a dict, not {type(value).__name__}")
+    return dict(value)
+
+
+def _text(value: Any, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _keys(d: Mapping[str, Any], allowed: Sequence[str], what: str) -> dict[str, Any]:
+    unknown = sorted(str(k) for k in d if k not in allowed)
+    if unknown:
+        raise ValueError(f"unknown {what} key(s) {unknown}: use {', '.join(allowed)}")
+    return dict(d)
+
+
+def checkpoint_args(code: Any, message: Any, metadata: Any) -> tuple[str, str | None, dict[str, Any]]:
+    """The (code, message, metadata) of a `task.audit(...)` call in any of its forms."""
+    if isinstance(code, Mapping):
+        if message is not None or metadata is not None:
+            raise TypeError("audit({...}) takes one dict: put message and metadata inside it")
+        d = _keys(code, _CHECKPOINT_KEYS, "checkpoint")
+        code, message, metadata = d.get("code"), d.get("message"), d.get("metadata")
+    elif isinstance(message, Mapping):
+        if metadata is not None:
+            raise TypeError("audit(code, {...}): put metadata inside the dict, not after it")
+        d = _keys(message, _CHECKPOINT_KEYS[1:], "checkpoint")
+        message, metadata = d.get("message"), d.get("metadata")
+    if not isinstance(code, str):
+        raise TypeError(f"checkpoint code must be a string, not {type(code).__name__}")
+    try:
+        c = check_checkpoint_code(code)
+    except InvalidInput as e:
+        raise ValueError(str(e)) from None
+    return c, _text(message, "checkpoint message"), _metadata(metadata, "checkpoint")
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressArgs:
+    text: str | None
+    stage_name: str | None
+    percent: float | None
+    message: str | None
+    metadata: dict[str, Any]
+
+
+def progress_args(text: Any, options: Any, keywords: Mapping[str, Any]) -> ProgressArgs:
+    """The fields of a `task.progress(...)` call in any of its forms (raises TypeError/ValueError)."""
+    given = {_PROGRESS_ALIASES.get(k, k): v for k, v in keywords.items() if v is not None}
+    if isinstance(text, Mapping):
+        if options is not None or given:
+            raise TypeError("progress({...}) takes one dict: put every field inside it")
+        fields = _keys(text, _PROGRESS_KEYS, "progress")
+    else:
+        fields = {"progress_text": text} if text is not None else {}
+        if options is not None:
+            if not isinstance(options, Mapping):
+                raise TypeError(f"progress(text, options): options must be a dict, not {type(options).__name__}")
+            if given:
+                raise TypeError("progress(text, {...}): put every field inside the dict, not as keywords too")
+            extra = _keys(options, _PROGRESS_KEYS, "progress")
+            if "progress_text" in extra and "progress_text" in fields:
+                raise TypeError("progress text given twice: as the first argument and as progress_text")
+            fields.update(extra)
+        fields.update(given)
+    stage = _text(fields.get("stage_name"), "stage_name")
+    if stage is not None:
+        stage = stage.strip()
+        if len(stage) > MAX_TEXT:
+            raise ValueError(f"stage_name is {len(stage)} characters long: the limit is {MAX_TEXT}")
+        if not CODE_RE.fullmatch(stage):
+            raise ValueError(f"stage_name {fields['stage_name']!r} must be lower snake_case, e.g. 'download_phase'")
+    percent = fields.get("progress_percent")
+    if isinstance(percent, bool) or (percent is not None and not isinstance(percent, int | float)):
+        raise TypeError(f"progress_percent must be a number from 0 to 100, not {type(percent).__name__}")
+    try:
+        pct = check_percent(percent)
+    except InvalidInput as e:
+        raise ValueError(str(e)) from None
+    out = ProgressArgs(
+        text=_text(fields.get("progress_text"), "progress text"),
+        stage_name=stage,
+        percent=pct,
+        message=_text(fields.get("message"), "progress message"),
+        metadata=_metadata(fields.get("metadata"), "progress"),
+    )
+    if out.text is None and out.stage_name is None and out.percent is None:
+        raise ValueError("progress needs at least one of progress_text, stage_name or progress_percent")
+    return out

@@ -9,6 +9,7 @@ no transaction is ever open while a handler runs.
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import logging
 import os
 import queue
@@ -38,7 +39,7 @@ from flowd.plugins import HandlerSpec, Registry
 from flowd.registry import catalog, leases
 from flowd.rules import options as opt
 from flowd.rules import transitions as rules
-from flowd.rules.transitions import has_attempts_left
+from flowd.rules.transitions import EventSpec, has_attempts_left
 from flowd.settings import Settings, task_defaults
 from flowd.store.db import Database
 from flowd.store.tasks import Fence
@@ -472,7 +473,9 @@ class Worker:
             if not self.running and not self._unwritten and n == 0:
                 return total
             if n == 0:
-                self._wait(min(0.05, self._idle_wait()) if self.running else 0)
+                # a short floor while handlers run: a tick that claims nothing must not spin and
+                # starve a handler waiting for one of the worker's pooled connections (pool of 1)
+                self._wait(min(0.05, max(0.005, self._idle_wait())) if self.running else 0)
         raise TimeoutError(f"worker not idle after {timeout}s: {len(self.running)} running")
 
     # -- steps -----------------------------------------------------------------------
@@ -545,8 +548,13 @@ class Worker:
         tokens = bind(**self._context(att))
         outcome: ops.Outcome
         try:
-            task = Task(att.task, self.db, att.deadline, self.clock, att.spec.steps, self.resolver())
-            outcome = self._classify(att, att.spec.fn(task))
+            task = self._task_api(att)
+            check = att.spec.should_run
+            if check is not None and not _should_run(check(task)):
+                task._skipped()
+                outcome = ops.Success(None)
+            else:
+                outcome = self._classify(att, att.spec.fn(task))
         except BaseException as e:  # a handler's sys.exit() must not take the worker down
             outcome = self._failure(att, e)
         finally:
@@ -559,8 +567,16 @@ class Worker:
         tokens = bind(**self._context(att))
         outcome: ops.Outcome | None
         try:
-            task = Task(att.task, self.db, att.deadline, self.clock, att.spec.steps, self.resolver())
-            outcome = self._classify(att, await att.spec.fn(task))
+            task = self._task_api(att)
+            check = att.spec.should_run
+            verdict = check(task) if check is not None else True
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+            if not _should_run(verdict):
+                task._skipped()
+                outcome = ops.Success(None)
+            else:
+                outcome = self._classify(att, await att.spec.fn(task))
         except asyncio.CancelledError:
             outcome = None
         except BaseException as e:
@@ -568,6 +584,16 @@ class Worker:
         finally:
             unbind(tokens)
         self._inbox.put((key, outcome))
+
+    def _task_api(self, att: Attempt) -> Task:
+        """The `Task` a handler gets; its checkpoints and progress reach the hooks that listen."""
+        written = None
+        if self.registry.hooks:
+
+            def written(event: EventSpec) -> None:
+                self._fire([ops.Written(att.task, event, {})], self.clock())
+
+        return Task(att.task, self.db, att.deadline, self.clock, att.spec.steps, self.resolver(), written)
 
     def _failure(self, att: Attempt, e: BaseException) -> ops.Failure:
         timed_out = isinstance(e, TaskTimeout) or self.clock() >= att.deadline
@@ -713,6 +739,8 @@ class Worker:
                 "metadata": dict(ev.metadata) if ev.metadata is not None else None,
                 "created_at": iso(now),
                 "payload": t.payload,
+                "tag": t.tag,
+                "labels": dict(t.labels),
             }
             for key in ("result", "error"):
                 if key in w.values:
@@ -884,6 +912,13 @@ class Worker:
             return
         if self._listener is not None:  # only the wake-up lottery needs it (wants_wake)
             self.fleet_size = catalog.fleet_size(self.db, now)
+
+
+def _should_run(verdict: Any) -> bool:
+    """A `should_run` answer: True runs the handler, False skips it; anything else is a mistake."""
+    if not isinstance(verdict, bool):
+        raise TypeError(f"should_run must return True or False, not {type(verdict).__name__}")
+    return verdict
 
 
 def _not_run(task: Task) -> None:

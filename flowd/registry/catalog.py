@@ -25,7 +25,8 @@ def rows_of(reg: Registry) -> list[dict[str, Any]]:
     return [
         {
             "name": spec.name,
-            "options": dict(spec.options),
+            # a should_run function is code, not data: it stays in the worker
+            "options": {k: v for k, v in spec.options.items() if k != "should_run"},
             "version": spec.version,
             # the file name only: the directory is this machine's business
             "source": Path(spec.source).name if spec.source else None,

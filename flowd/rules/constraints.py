@@ -21,6 +21,8 @@ from flowd.rules.options import InvalidInput, check_int, check_seconds
 GROUP_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 MAX_KEY = 255
 SEP = TaskKey.SEP
+# the one key of a group declared without a key template
+GLOBAL_KEY = "*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +30,7 @@ class Constraint:
     """A constraint group: `constraint("domain-mutex", key="{payload[domain]}", cooldown=11)`."""
 
     name: str
-    key: str
+    key: str | None  # None: one global group (every task it applies to shares GLOBAL_KEY)
     max_concurrent: int = 1
     cooldown: float = 0.0
     applies_to: tuple[str, ...] = ()
@@ -44,12 +46,18 @@ class Constraint:
 
 
 def constraint(
-    name: str, key: str, max_concurrent: int = 1, cooldown: float = 0.0, applies_to: Iterable[str] = ()
+    name: str, key: str | None = None, max_concurrent: int = 1, cooldown: float = 0.0, applies_to: Iterable[str] = ()
 ) -> Constraint:
-    """Declare a constraint group (validated); pass it to `@handler(..., constraints=[...])`."""
+    """Declare a constraint group (validated); pass it to `@handler(..., constraints=[...])`.
+
+    Without `key` the group is global: `constraint("api", max_concurrent=5)` lets five of
+    its tasks run at once across the fleet.
+    """
     if not isinstance(name, str) or not GROUP_RE.fullmatch(name):
         raise InvalidInput(f"bad constraint group name {name!r}: use 1-128 letters, digits or _ . - characters")
-    if not isinstance(key, str) or "{" not in key:
+    if key == "":
+        key = None
+    if key is not None and (not isinstance(key, str) or "{" not in key):
         raise InvalidInput(f"constraint {name!r}: key must be a template like '{{payload[domain]}}', not {key!r}")
     try:
         check_int("max_concurrent", max_concurrent, 1, MAX_CONCURRENT)
@@ -66,9 +74,7 @@ def from_mapping(name: str, d: Mapping[str, Any]) -> Constraint:
     unknown = set(d) - {"name", "key", "max_concurrent", "cooldown", "applies_to"}
     if unknown:
         raise InvalidInput(f"constraint {name!r}: unknown settings {sorted(unknown)}")
-    return constraint(
-        name, d.get("key", ""), d.get("max_concurrent", 1), d.get("cooldown", 0.0), d.get("applies_to") or ()
-    )
+    return constraint(name, d.get("key"), d.get("max_concurrent", 1), d.get("cooldown", 0.0), d.get("applies_to") or ())
 
 
 def check_constraints(value: Any) -> list[dict[str, Any]]:
@@ -85,8 +91,13 @@ def check_constraints(value: Any) -> list[dict[str, Any]]:
     return out
 
 
-def render_key(template: str, payload: Mapping[str, Any], labels: Mapping[str, str]) -> str | None:
-    """The key of a task, or None (exempt) when a field is missing or the key renders empty."""
+def render_key(template: str | None, payload: Mapping[str, Any], labels: Mapping[str, str]) -> str | None:
+    """The key of a task, or None (exempt) when a field is missing or the key renders empty.
+
+    A group without a template (None) is global: every task it applies to has GLOBAL_KEY.
+    """
+    if template is None:
+        return GLOBAL_KEY
     try:
         key = template.format(payload=payload, labels=labels).strip()
     except (KeyError, IndexError, AttributeError, TypeError, ValueError):

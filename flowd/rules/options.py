@@ -37,6 +37,20 @@ OPTION_KEYS = (
 )
 BACKOFFS = ("fixed", "exponential")
 BACKOFF_DEFAULTS = {"retry_backoff": "fixed", "retry_max_interval": 3600.0, "retry_jitter": False}
+# every handler option (`@handler(...)`, `TaskManager.use(name, {...})`; cron, tz and payload
+# declare a schedule in code)
+HANDLER_OPTION_KEYS = (
+    *OPTION_KEYS,
+    "max_concurrent",
+    "steps",
+    "constraints",
+    "description",
+    "should_run",
+    "cron",
+    "tz",
+    "payload",
+)
+MAX_DESCRIPTION = 1000
 
 
 class InvalidInput(ValueError):
@@ -245,6 +259,12 @@ def check_options(opts: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = check_constraints(value)
         elif key == "max_concurrent":
             out[key] = check_int("max_concurrent", value, 1, MAX_CONCURRENT)
+        elif key == "description":
+            out[key] = check_text("description", value, MAX_DESCRIPTION)
+        elif key == "should_run":
+            if not callable(value):
+                raise InvalidInput("should_run must be a function of the task returning True or False")
+            out[key] = value
         else:
             raise InvalidInput(f"unknown option {key!r}")
     return out

@@ -70,6 +70,7 @@ def to_record(row: Any) -> AttemptRecord:
 class AttemptFilter:
     task_id: int | None = None
     task_ids: Sequence[int] | None = None
+    root_id: int | None = None  # every attempt of one workflow's tasks
     attempt: int | None = None
     worker_id: str | None = None
     outcome: str | None = None
@@ -85,6 +86,11 @@ def _where(q: Any, f: AttemptFilter) -> Any:
         q = q.where(A.c.task_id == f.task_id)
     if f.task_ids is not None:
         q = q.where(A.c.task_id.in_(list(f.task_ids)))
+    if f.root_id is not None:
+        from flowd.store.schema import tasks as T
+
+        # the root index finds the tasks, (task_id, attempt) their attempts
+        q = q.where(A.c.task_id.in_(sa.select(T.c.id).where(T.c.root_id == f.root_id)))
     if f.attempt is not None:
         q = q.where(A.c.attempt == f.attempt)
     if f.worker_id:

@@ -19,7 +19,7 @@ from flowd.rules.options import dump_json
 
 metadata = sa.MetaData()
 
-SCHEMA_REVISION = "0011"
+SCHEMA_REVISION = "0012"
 """The Alembic head this code expects; a test proves it matches the migrations."""
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -293,4 +293,27 @@ entities = sa.Table(
     sa.Column("started_at", Millis, nullable=True),
     sa.Column("ended_at", Millis, nullable=True),
     sa.Index("ix_flowd_entities_task", "task_id"),
+)
+
+entity_flows = sa.Table(
+    "flowd_entity_flows",
+    metadata,
+    # a flow or chain bound to an entity projects one row, keyed by the flow (not one per
+    # step and join): scheduled -> processing (a step claimed) -> executed | failed (the
+    # join's outcome; a chain's last step, or the step that stopped it)
+    sa.Column("flow_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("entity_type", _s(64), nullable=False),
+    sa.Column("entity_id", _s(255), nullable=False),
+    sa.Column("kind", _s(16), nullable=False),
+    sa.Column("name", _s(128), nullable=False),
+    sa.Column("status", _s(16), nullable=False),
+    sa.Column("join_task_id", sa.BigInteger, nullable=True),
+    sa.Column("result", JsonText, nullable=True),
+    sa.Column("error", LongText, nullable=True),
+    sa.Column("created_at", Millis, nullable=False),
+    sa.Column("updated_at", Millis, nullable=False),
+    sa.Column("started_at", Millis, nullable=True),
+    sa.Column("ended_at", Millis, nullable=True),
+    sa.Index("ix_flowd_entity_flows_entity", "entity_type", "entity_id", "flow_id"),
+    sa.Index("ix_flowd_entity_flows_join", "join_task_id"),
 )

@@ -313,6 +313,13 @@ def active_by_keys(conn: sa.Connection, keys: Sequence[str], type_: TaskType) ->
     return out
 
 
+def find_by_key(conn: sa.Connection, key: str, type_: TaskType) -> TaskRecord | None:
+    """The newest task with `key`, finished or not (`submit(..., once=True)`)."""
+    q = sa.select(T).where(T.c.key == key, T.c.type == type_.value)
+    row = conn.execute(q.order_by(T.c.id.desc()).limit(1)).first()
+    return to_record(row) if row is not None else None
+
+
 def find_pending_by_key(conn: sa.Connection, key: str) -> TaskRecord | None:
     """The newest pending async task with `key` (the one a debounced submission replaces)."""
     q = sa.select(T).where(T.c.key == key, T.c.status == TaskStatus.PENDING.value, T.c.type == TaskType.ASYNC.value)
@@ -414,7 +421,7 @@ def apply_transition(
     if task.constrained and task.status is TaskStatus.RUNNING:
         constraints.release(conn, task.id, now)  # the run ended: its keys' slots and cooldown
     if task.entity_type is not None:
-        entities.transitioned(conn, task, tr.to_status, tr.values, now)
+        entities.transitioned(conn, task, tr, now)
     return True
 
 
@@ -532,7 +539,7 @@ def claim_due(
             sa.select(T).where(T.c.id.in_(chosen), T.c.worker_id == worker_id, T.c.status == TaskStatus.RUNNING.value)
         ).all()
         claimed = [to_record(r) for r in rows]
-    entities.claimed(conn, [t.id for t in claimed if t.entity_type is not None], now)
+    entities.claimed(conn, claimed, now)
     claimed.sort(key=lambda t: (-t.priority, t.next_run_time or now, t.id))
     return claimed
 
@@ -856,6 +863,7 @@ def delete(
         }
         n_t += int(conn.execute(sa.delete(T).where(T.c.id.in_(chunk))).rowcount or 0)
         _delete_finished_flows(conn, flow_ids, chunk)
+        entities.delete_gone_flows(conn, sorted(flow_ids), chunk)
         if on_chunk is not None:
             on_chunk(n_t)
     return (n_t, n_ev, n_at)
@@ -877,19 +885,27 @@ def _delete_finished_flows(conn: sa.Connection, flow_ids: set[int], deleted: Seq
     )
 
 
-def stats(conn: sa.Connection, tag: str | None = None) -> list[tuple[str | None, str, str, int]]:
+def stats(
+    conn: sa.Connection, tag: str | None = None, statuses: Sequence[str] | None = None
+) -> list[tuple[str | None, str, str, int]]:
     q = sa.select(T.c.tag, T.c.name, T.c.status, sa.func.count()).group_by(T.c.tag, T.c.name, T.c.status)
     if tag is not None:
         q = q.where(T.c.tag == tag)
+    if statuses:
+        q = q.where(T.c.status.in_(list(statuses)))
     rows = conn.execute(q.order_by(T.c.tag, T.c.name, T.c.status)).all()
     return [(r[0], str(r[1]), str(r[2]), int(r[3])) for r in rows]
 
 
-def stats_by_labels(conn: sa.Connection, tag: str | None = None) -> list[tuple[dict[str, str], str, str, int]]:
+def stats_by_labels(
+    conn: sa.Connection, tag: str | None = None, statuses: Sequence[str] | None = None
+) -> list[tuple[dict[str, str], str, str, int]]:
     """(labels, name, status, count) grouped by the stored label set; the caller picks a label."""
     q = sa.select(T.c.labels, T.c.name, T.c.status, sa.func.count()).group_by(T.c.labels, T.c.name, T.c.status)
     if tag is not None:
         q = q.where(T.c.tag == tag)
+    if statuses:
+        q = q.where(T.c.status.in_(list(statuses)))
     return [(r[0] or {}, str(r[1]), str(r[2]), int(r[3])) for r in conn.execute(q).all()]
 
 

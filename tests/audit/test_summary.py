@@ -218,7 +218,7 @@ def test_summarize__counts_timing_stages_failures_and_five_slowest() -> None:
     assert doc["critical_path"]["nodes"][1]["task_id"] == 4
 
 
-def test_summarize__never_run_root_has_no_start_and_zero_duration() -> None:
+def test_summarize__never_run_root_has_no_start_and_no_duration() -> None:
     root = task(1, status="pending")
     doc = summary(root, [root], [], 1, 0, at(3))
     assert doc["timing"] == {
@@ -226,7 +226,7 @@ def test_summarize__never_run_root_has_no_start_and_zero_duration() -> None:
         "first_started_at": None,
         "last_ended_at": None,
         "last_event_time": "2026-11-22T12:00:00.000Z",
-        "workflow_duration_seconds": 0.0,
+        "workflow_duration_seconds": None,  # the reference's null: no attempt has ended
     }
     assert doc["stage_timings"] == [] and doc["slowest_attempts"] == [] and doc["failed_tasks"] == []
     assert doc["attempt_outcome_counts"] == {} and doc["workers"] == []
