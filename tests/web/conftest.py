@@ -35,7 +35,9 @@ def web_sqlite(sqlite_url: str, make_manager: Callable[..., Any]) -> Iterator[We
 def _web(db_url: str, make_manager: Callable[..., Any]) -> Iterator[Web]:
     from flowd.web.app import create_app
 
-    m = make_manager(db_url)
+    # the dashboard and an in-process worker share this one manager here (two processes in
+    # production, each with its own budget): a worker's pool of one would starve the pages
+    m = make_manager(db_url, db_pool_size=2)
     clients: list[TestClient] = []
 
     def client(token: str | None = TOKEN, public: bool = False, **kw: Any) -> TestClient:
