@@ -54,6 +54,8 @@ class EventType(enum.StrEnum):
     """Audit event names; also the structlog event names of the same moments."""
 
     TASK_CREATED = "task_created"
+    # written at a claim before schema 0013, when a claim wrote task_claimed + task_started;
+    # older history still holds it, so it stays a known type for the audit filters
     TASK_CLAIMED = "task_claimed"
     TASK_STARTED = "task_started"
     TASK_RETRY_STARTED = "task_retry_started"

@@ -64,7 +64,6 @@ def build_workflow(m: TaskManager, children: int, per_stage: int = 1000) -> Task
             }
             for rec in records
             for kind, to in (
-                ("task_claimed", "running"),
                 ("task_started", "running"),
                 ("task_checkpoint", "running"),
                 ("task_completed", "completed"),
