@@ -30,7 +30,7 @@ from flowd.rules.transitions import EventSpec, Transition
 from flowd.store import bulk, constraints, entities, paging, wakeup
 from flowd.store.attempts import close_attempt, close_attempts, close_row
 from flowd.store.events import event_rows, insert_event_rows, insert_events
-from flowd.store.schema import JsonText, Millis
+from flowd.store.schema import JsonText, Millis, is_pending, is_running
 from flowd.store.schema import events as E
 from flowd.store.schema import tasks as T
 from flowd.store.schema import workers as W
@@ -503,7 +503,7 @@ def _claim_statements(aging_ms: int | None, skip_locked: bool) -> tuple[sa.Selec
     q = (
         sa.select(T.c.id, T.c.name)
         .where(
-            T.c.status == TaskStatus.PENDING.value,
+            is_pending(T.c.status),
             T.c.next_run_time <= now,
             T.c.name.in_(sa.bindparam("c_names", expanding=True)),
         )
@@ -593,10 +593,7 @@ def heartbeat(conn: sa.Connection, worker_id: str, attempts: Sequence[tuple[int,
 def stalled(conn: sa.Connection, heartbeat_before: datetime, limit: int = 100) -> list[TaskRecord]:
     """Running tasks whose heartbeat is older than `heartbeat_before`."""
     rows = conn.execute(
-        sa.select(T)
-        .where(T.c.status == TaskStatus.RUNNING.value, T.c.heartbeat_at < heartbeat_before)
-        .order_by(T.c.id)
-        .limit(limit)
+        sa.select(T).where(is_running(T.c.status), T.c.heartbeat_at < heartbeat_before).order_by(T.c.id).limit(limit)
     ).all()
     return [to_record(r) for r in rows]
 
@@ -604,9 +601,7 @@ def stalled(conn: sa.Connection, heartbeat_before: datetime, limit: int = 100) -
 def running_of_workers(conn: sa.Connection, worker_ids: Sequence[str]) -> list[TaskRecord]:
     if not worker_ids:
         return []
-    rows = conn.execute(
-        sa.select(T).where(T.c.status == TaskStatus.RUNNING.value, T.c.worker_id.in_(list(worker_ids)))
-    ).all()
+    rows = conn.execute(sa.select(T).where(is_running(T.c.status), T.c.worker_id.in_(list(worker_ids)))).all()
     return [to_record(r) for r in rows]
 
 
@@ -622,7 +617,7 @@ def running_of_lost_workers(conn: sa.Connection, but: str) -> list[tuple[TaskRec
         sa.select(T, W.c.status.label("owner_status"))
         .join(W, W.c.worker_id == T.c.worker_id)
         .where(
-            T.c.status == TaskStatus.RUNNING.value,
+            is_running(T.c.status),
             W.c.status != WorkerStatus.ACTIVE.value,
             T.c.worker_id != but,
         )
@@ -633,7 +628,7 @@ def running_of_lost_workers(conn: sa.Connection, but: str) -> list[tuple[TaskRec
 
 def running_counts(conn: sa.Connection) -> dict[str, int]:
     rows = conn.execute(
-        sa.select(T.c.worker_id, sa.func.count()).where(T.c.status == TaskStatus.RUNNING.value).group_by(T.c.worker_id)
+        sa.select(T.c.worker_id, sa.func.count()).where(is_running(T.c.status)).group_by(T.c.worker_id)
     ).all()
     return {str(w): int(n) for w, n in rows if w is not None}
 
@@ -646,9 +641,7 @@ def queue_depth(conn: sa.Connection) -> list[tuple[str, str, int]]:
 
 def running(conn: sa.Connection, limit: int) -> list[TaskRecord]:
     """Running tasks, longest-running first."""
-    rows = conn.execute(
-        sa.select(T).where(T.c.status == TaskStatus.RUNNING.value).order_by(T.c.started_at, T.c.id).limit(limit)
-    ).all()
+    rows = conn.execute(sa.select(T).where(is_running(T.c.status)).order_by(T.c.started_at, T.c.id).limit(limit)).all()
     return [to_record(r) for r in rows]
 
 
@@ -662,7 +655,7 @@ def names_of(conn: sa.Connection, ids: Iterable[int]) -> dict[int, str]:
 
 def due_count(conn: sa.Connection, now: datetime) -> int:
     """Pending tasks that are due now (the claim index answers it)."""
-    q = sa.select(sa.func.count()).where(T.c.status == TaskStatus.PENDING.value, T.c.next_run_time <= now)
+    q = sa.select(sa.func.count()).where(is_pending(T.c.status), T.c.next_run_time <= now)
     return int(conn.execute(q).scalar_one())
 
 
