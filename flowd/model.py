@@ -134,6 +134,8 @@ class TaskRecord(_Fields):
     constrained: bool = False
     entity_type: str | None = None
     entity_id: str | None = None
+    # the plugin version of the running attempt (its attempt row takes it when it ends)
+    handler_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +182,9 @@ class EventRecord(_Fields):
 
 @dataclass(frozen=True, slots=True)
 class AttemptRecord(_Fields):
-    id: int
+    # None for the attempt in progress: it lives on its task row until it ends, when its
+    # attempt row is written (once) and numbered
+    id: int | None
     task_id: TaskId
     attempt: int
     worker_id: str | None

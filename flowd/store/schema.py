@@ -19,7 +19,7 @@ from flowd.rules.options import dump_json
 
 metadata = sa.MetaData()
 
-SCHEMA_REVISION = "0013"
+SCHEMA_REVISION = "0014"
 """The Alembic head this code expects; a test proves it matches the migrations."""
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -140,6 +140,9 @@ tasks = sa.Table(
     # the domain object the task is about (flowd_entities keeps its projection)
     sa.Column("entity_type", _s(64), nullable=True),
     sa.Column("entity_id", _s(255), nullable=True),
+    # the plugin version (content hash) of the running attempt: the attempt row, written
+    # once when the attempt ends, takes it (with worker_id, attempt, stage and started_at)
+    sa.Column("handler_version", _s(64), nullable=True),
     sa.Index("ix_flowd_tasks_parent", "parent_id", "parent_stage", **partial("parent_id IS NOT NULL")),
     sa.Index("ix_flowd_tasks_root", "root_id"),
     # the running tasks of a worker (recovery, the registry's counts)

@@ -368,7 +368,7 @@ def apply_transition(
     who = task.worker_id if actor is None else (actor or None)
     insert_events(conn, task, tr.events, now, worker_id=who, attempt=task.attempt, stage=stage)
     if tr.close_attempt is not None:
-        close_attempt(conn, task.id, task.attempt, tr.close_attempt, tr.attempt_error, now)
+        close_attempt(conn, task, tr.close_attempt, tr.attempt_error, now)
     if task.constrained and task.status is TaskStatus.RUNNING:
         constraints.release(conn, task.id, now)  # the run ended: its keys' slots and cooldown
     if task.entity_type is not None:
@@ -408,7 +408,7 @@ def apply_fenced_batch(
         stage = values.get("stage", task.stage)
         events += event_rows(task, tr.events, worker_id=task.worker_id, attempt=task.attempt, stage=stage)
         if tr.close_attempt is not None:
-            closes.append(close_row(task.id, task.attempt, tr.close_attempt, tr.attempt_error, now))
+            closes.append(close_row(task, tr.close_attempt, tr.attempt_error, now))
     for rows in groups.values():
         if bulk.update(conn, T, rows, match=_FENCE_KEYS, equal={"status": TaskStatus.RUNNING.value}) != len(rows):
             return False
@@ -442,8 +442,12 @@ def claim_due(
     slots: int,
     now: datetime,
     aging: float | None = None,
+    versions: Mapping[str, str | None] | None = None,
 ) -> list[TaskRecord]:
     """Claim up to `slots` due pending tasks among `limits` (name → free per-type slots).
+
+    The claimed rows take this worker's handler `versions` (name → plugin version): the
+    running attempt lives on the task row until its attempt row is written at its end.
 
     With `aging` (seconds), a task's priority counts one step higher for every `aging`
     seconds it has been due, so old low-priority work is not starved by a stream of new
@@ -457,7 +461,8 @@ def claim_due(
     if slots <= 0 or not names:
         return []
     aging_ms = int(aging * 1000) if aging else None
-    q, claim = _claim_statements(aging_ms, conn.dialect.name != "sqlite")
+    known = tuple(sorted((n, v) for n, v in (versions or {}).items() if v is not None))
+    q, claim = _claim_statements(aging_ms, conn.dialect.name != "sqlite", known)
     params: dict[str, Any] = {"c_now": now, "c_worker": worker_id, "c_names": names, "c_n": slots}
     if aging_ms:
         params["c_now_ms"] = to_ms(now)
@@ -473,7 +478,7 @@ def claim_due(
     if uncapped and not constrained and conn.dialect.update_returning:
         # one round trip: no per-name cap can refuse a candidate, so lock, flip and read
         # the rows in a single UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING
-        res = conn.execute(_claim_returning(aging_ms, conn.dialect.name != "sqlite"), params)
+        res = conn.execute(_claim_returning(aging_ms, conn.dialect.name != "sqlite", known), params)
         claimed = [_claimed_record(r) for r in res.all()]
     else:
         if constrained:
@@ -493,8 +498,10 @@ def claim_due(
     return claimed
 
 
-@functools.cache
-def _claim_statements(aging_ms: int | None, skip_locked: bool) -> tuple[sa.Select[Any], sa.Update]:
+@functools.lru_cache(maxsize=64)
+def _claim_statements(
+    aging_ms: int | None, skip_locked: bool, versions: tuple[tuple[str, str], ...] = ()
+) -> tuple[sa.Select[Any], sa.Update]:
     """The claim's candidate query and its UPDATE, built once: what changes from claim to
     claim is bound at execution (`c_now`, `c_worker`, `c_names`, `c_n`, `c_now_ms`), so a
     claim does not rebuild the expressions nor SQLAlchemy their cache key."""
@@ -516,7 +523,11 @@ def _claim_statements(aging_ms: int | None, skip_locked: bool) -> tuple[sa.Selec
         q = q.order_by(None).order_by((T.c.priority + waited).desc(), T.c.next_run_time, T.c.id)
     if skip_locked:
         q = q.with_for_update(skip_locked=True)
+    # the handler version of each name, as a CASE built once per set of versions (they
+    # change only when the plugins are reloaded)
+    version: Any = sa.case(dict(versions), value=T.c.name, else_=sa.null()) if versions else sa.null()
     claim = sa.update(T).values(
+        handler_version=version,
         status=TaskStatus.RUNNING.value,
         worker_id=sa.bindparam("c_worker", type_=T.c.worker_id.type),
         attempt=T.c.attempt + 1,
@@ -530,9 +541,9 @@ def _claim_statements(aging_ms: int | None, skip_locked: bool) -> tuple[sa.Selec
     return q, claim
 
 
-@functools.cache
-def _claim_returning(aging_ms: int | None, skip_locked: bool) -> sa.Update:
-    q, claim = _claim_statements(aging_ms, skip_locked)
+@functools.lru_cache(maxsize=64)
+def _claim_returning(aging_ms: int | None, skip_locked: bool, versions: tuple[tuple[str, str], ...] = ()) -> sa.Update:
+    q, claim = _claim_statements(aging_ms, skip_locked, versions)
     chosen = q.with_only_columns(T.c.id).limit(sa.bindparam("c_n", type_=sa.Integer())).scalar_subquery()
     # no status test outside the subquery: the subquery's rows are ours (SQLite holds the
     # write lock, the servers the row locks), and an extra `status =` would make SQLite

@@ -13,6 +13,8 @@ Revises: 0008
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -34,10 +36,11 @@ _PARTIAL = {
 }
 
 
-def _columns(name: str, columns: list[str]) -> list[object]:
+def _columns(name: str, columns: list[str]) -> list[str | sa.ColumnElement[Any]]:
     if name == "ix_flowd_tasks_claim":
         return ["status", sa.column("priority").desc(), "next_run_time", "id"]
-    return list(columns)
+    out: list[str | sa.ColumnElement[Any]] = list(columns)
+    return out
 
 
 def _partial_ok() -> bool:
