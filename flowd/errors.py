@@ -27,6 +27,13 @@ class DatabaseUnavailable(FlowdError):
     """The database could not be reached or opened."""
 
 
+class SchemaMismatch(FlowdError):
+    """The database's schema is at another revision than this flowd's: older (run `flowd db
+    upgrade`) or newer (a newer flowd migrated it). Exit 2: nothing was read or written."""
+
+    exit_code = 2
+
+
 class TransactionConflict(DatabaseUnavailable):
     """A deadlock or serialization failure that persisted through the store's retries."""
 

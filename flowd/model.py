@@ -134,6 +134,8 @@ class TaskRecord(_Fields):
     constrained: bool = False
     entity_type: str | None = None
     entity_id: str | None = None
+    # attempts in a row interrupted by the death (or supersession) of their worker
+    recoveries: int = 0
     # the plugin version of the running attempt (its attempt row takes it when it ends)
     handler_version: str | None = None
 

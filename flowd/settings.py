@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     worker_heartbeat_interval: float = Field(5.0, gt=0)
     worker_heartbeat_timeout: float = Field(30.0, gt=0)
     recover_running_jobs: bool = True
+    # a task whose worker died (or was superseded) this many times in a row while running it
+    # ends permanently_failed (a cron task: paused) instead of being recovered again
+    max_recoveries: int = Field(3, ge=1, le=1000)
     retention_expire_time: float = Field(86400.0, ge=0)
     retention_statuses: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["completed", "permanently_failed"]

@@ -153,6 +153,7 @@ def task_detail(t: dict[str, Any], steps: dict[str, float] | None = None) -> Non
         "root_id",
         "attempt",
         "retry_count",
+        "recoveries",
         "max_retries",
         "retry_interval",
         "timeout",

@@ -149,6 +149,13 @@ def _after(conn: Any, task: TaskRecord, tr: Transition, now: datetime, sink: Sin
         flows.on_step_final(conn, task, now)
 
 
+def settle_recovered(conn: Any, task: TaskRecord, tr: Transition, now: datetime, sink: Sink = None) -> None:
+    """After a recovery transition, in its transaction: note its events for the hooks; a task
+    that ended there (its worker died `max_recoveries` times) moves its parent or flow on."""
+    _note(sink, task, tr)
+    _after(conn, task, tr, now, sink)
+
+
 def finish(db: Database, task: TaskRecord, outcome: Outcome, now: datetime, sink: Sink = None) -> bool:
     """Write the outcome of a running attempt (fenced by worker and attempt); False if stale."""
     assert task.worker_id is not None

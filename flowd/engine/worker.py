@@ -174,17 +174,18 @@ class Worker:
         if self.started:
             return
         now = self.clock()
-        self.db.ensure_schema()
+        self.db.ensure_schema(upgrade=True)
         if self.identity is not None:
+            sink = self._sink()
             sweep = leases.register(
                 self.db,
                 self.identity,
                 self.registry.names(),
                 self.settings.worker_heartbeat_timeout,
                 now,
-                recover=self.settings.recover_running_jobs,
+                recover=self._recovery(sink),
             )
-            self._swept(sweep)
+            self._swept(sweep, sink, now)
             self.lease_renewed_at = now
         self.started = True
         for name in ("task_hb", "worker_hb", "sweep", "flows", "retention"):
@@ -217,10 +218,17 @@ class Worker:
         live = [a for a in self.running.values() if not a.over]
         if live:
             try:
+                sink = self._sink()
                 recovered = leases.recover_tasks(
-                    self.db, [self.worker_id], {self.worker_id: "shutdown"}, self.worker_id, now
+                    self.db,
+                    [self.worker_id],
+                    {self.worker_id: rules.HAND_BACK},
+                    self.worker_id,
+                    now,
+                    leases.Recovery(self.settings.max_recoveries, self._settle(sink)),
                 )
                 log.warning("attempts_handed_back", count=len(recovered), task_ids=recovered)
+                self._fire(sink, now)
             except DatabaseUnavailable as e:
                 log.error("hand_back_failed", error=str(e))
         try:
@@ -255,7 +263,17 @@ class Worker:
             and (now - renewed).total_seconds() < self.settings.worker_heartbeat_timeout
         )
 
-    def _swept(self, sweep: leases.Sweep) -> None:
+    def _settle(self, sink: ops.Sink) -> leases.Settle:
+        return lambda conn, task, tr, now: ops.settle_recovered(conn, task, tr, now, sink)
+
+    def _recovery(self, sink: ops.Sink) -> leases.Recovery | None:
+        """How this worker recovers lost workers' tasks (None: `recover_running_jobs` is off)."""
+        if not self.settings.recover_running_jobs:
+            return None
+        return leases.Recovery(self.settings.max_recoveries, self._settle(sink))
+
+    def _swept(self, sweep: leases.Sweep, sink: ops.Sink, now: datetime) -> None:
+        self._fire(sink, now)  # committed: hooks of recovered and given-up tasks may run
         if sweep.recovered:
             self.counters.recovered += len(sweep.recovered)
             self.observer.recovered(sweep.recovered_names)
@@ -734,15 +752,16 @@ class Worker:
                 with self.db.write() as conn:
                     task_store.heartbeat(conn, self.worker_id, live, now)
         if self.identity is not None and self._due("worker_hb", now, s.worker_heartbeat_interval):
+            sink = self._sink()
             sweep = leases.heartbeat(
                 self.db,
                 self.identity,
                 self.registry.names(),
                 s.worker_heartbeat_timeout,
                 now,
-                recover=s.recover_running_jobs,
+                recover=self._recovery(sink),
             )
-            self._swept(sweep)
+            self._swept(sweep, sink, now)
             self.lease_renewed_at = now if sweep.lease_held else None
             if sweep.standby != self.standby:
                 self.standby = sweep.standby

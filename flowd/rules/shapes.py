@@ -33,6 +33,7 @@ def task_json(t: TaskRecord) -> dict[str, Any]:
         "next_run_time": iso(t.next_run_time),
         "worker_id": t.worker_id,
         "attempt": t.attempt,
+        "recoveries": t.recoveries,
         "current_stage_name": t.current_stage_name,
         "progress_text": t.progress_text,
         "progress_percent": t.progress_percent,

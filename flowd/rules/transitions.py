@@ -61,6 +61,11 @@ def _require(task: TaskRecord, allowed: frozenset[TaskStatus], action: str) -> N
         raise Refused(f"cannot {action} task {task.id}: it is {task.status.value} (allowed from: {names})")
 
 
+def _run_of_deaths_ends(task: TaskRecord) -> dict[str, Any]:
+    """An attempt that ended by itself (not by its worker's death) ends the run of deaths."""
+    return {"recoveries": 0} if task.recoveries else {}
+
+
 def claimed_events(task: TaskRecord) -> tuple[EventSpec, ...]:
     """Events of a claim; `task` is the row as it is after the claim (status running).
 
@@ -80,7 +85,8 @@ def succeed(task: TaskRecord, result: Any, now: datetime, *, complete_progress: 
     `complete_progress` (a handler with declared steps) also sets progress to 100 %.
     """
     _require(task, frozenset({S.RUNNING}), "complete")
-    progress = {"progress_percent": 100.0} if complete_progress else {}
+    progress: dict[str, Any] = {"progress_percent": 100.0} if complete_progress else {}
+    progress.update(_run_of_deaths_ends(task))
     if task.type is TaskType.CRON:
         assert task.cron_expr is not None
         nxt = next_fire(task.cron_expr, task.cron_tz, now)
@@ -183,6 +189,7 @@ def fail(
         meta = {"traceback": traceback} if traceback else None
         first = EventSpec(EventType.TASK_FAILED, S.RUNNING, S.FAILED, error, meta)
     to_status, values, second = _after_failure(task, failed_as, error, now)
+    values.update(_run_of_deaths_ends(task))
     return Transition(
         expected=frozenset({S.RUNNING}),
         to_status=to_status,
@@ -197,7 +204,7 @@ def fail(
 def suspend_for_children(task: TaskRecord, context: bytes | None, child_count: int) -> Transition:
     """The handler returned SubTasks: suspend; the children are inserted in the same transaction."""
     _require(task, frozenset({S.RUNNING}), "suspend")
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = _run_of_deaths_ends(task)
     if context is not None:
         values["context"] = context
     return Transition(
@@ -221,7 +228,7 @@ def suspend_for_children(task: TaskRecord, context: bytes | None, child_count: i
 def suspend(task: TaskRecord, reason: str, context: bytes | None) -> Transition:
     """The handler returned `task.suspend(reason)`: park until a manual resume or cancel."""
     _require(task, frozenset({S.RUNNING}), "suspend")
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = _run_of_deaths_ends(task)
     if context is not None:
         values["context"] = context
     return Transition(
@@ -301,7 +308,7 @@ def resume(task: TaskRecord, reason: str | None, now: datetime) -> Transition:
             ),
             extra={"stage": task.stage},
         )
-    values: dict[str, Any] = {"retry_count": 0, "next_run_time": now}
+    values: dict[str, Any] = {"retry_count": 0, "next_run_time": now, **_run_of_deaths_ends(task)}
     if task.status is not S.PAUSED:
         # a failed task starts over, as a retry would
         values.update(stage=0, context=None, result=None)
@@ -333,16 +340,28 @@ def cancel(task: TaskRecord, reason: str | None) -> Transition:
     )
 
 
-def recover(task: TaskRecord, by_worker: str, reason: str, now: datetime) -> Transition:
+HAND_BACK = "shutdown"
+"""The recovery reason of a graceful hand-back (SIGTERM past the grace period): not a death."""
+
+
+def recover(
+    task: TaskRecord, by_worker: str, reason: str, now: datetime, max_recoveries: int | None = None
+) -> Transition:
     """A dead or superseded worker's running task goes back to pending, keeping its stage.
 
-    Recovery does not use up an attempt: `retry_count` is unchanged.
+    Recovery does not use up an attempt: `retry_count` is unchanged. It counts the run of
+    attempts interrupted by their worker's death (`reason` other than `HAND_BACK`): the
+    `max_recoveries`-th in a row ends the task instead (`give_up_after_deaths`), so a handler
+    that kills its worker cannot loop forever. A hand-back neither counts nor ends the run.
     """
     _require(task, frozenset({S.RUNNING}), "recover")
+    deaths = task.recoveries if reason == HAND_BACK else task.recoveries + 1
+    if max_recoveries is not None and reason != HAND_BACK and deaths >= max_recoveries:
+        return give_up_after_deaths(task, by_worker, reason, deaths, max_recoveries)
     return Transition(
         expected=frozenset({S.RUNNING}),
         to_status=S.PENDING,
-        values={"next_run_time": now, "worker_id": None},
+        values={"next_run_time": now, "worker_id": None, "recoveries": deaths},
         events=(
             EventSpec(
                 EventType.TASK_RECOVERED,
@@ -356,6 +375,37 @@ def recover(task: TaskRecord, by_worker: str, reason: str, now: datetime) -> Tra
                 },
             ),
         ),
+        close_attempt=AttemptOutcome.INTERRUPTED,
+        attempt_error=f"worker {task.worker_id} {reason}",
+        fenced=True,
+    )
+
+
+def give_up_after_deaths(task: TaskRecord, by_worker: str, reason: str, deaths: int, limit: int) -> Transition:
+    """The worker died `deaths` (= `limit`) times in a row while running the task: async →
+    permanently_failed, cron → paused, with an error that says so; the attempt ends interrupted."""
+    error = (
+        f"its worker died {deaths} times while running it (max_recoveries = {limit}; last: {task.worker_id} {reason})"
+    )
+    meta = {
+        "reason": "recoveries_exhausted",
+        "recoveries": deaths,
+        "max_recoveries": limit,
+        "recovered_from_worker_id": task.worker_id,
+        "recovered_by_worker_id": by_worker,
+        "recovery_reason": reason,
+    }
+    if task.type is TaskType.CRON:
+        to_status = S.PAUSED
+        event = EventSpec(EventType.TASK_PAUSED, S.RUNNING, S.PAUSED, f"cron task paused: {error}", meta)
+    else:
+        to_status = S.PERMANENTLY_FAILED
+        event = EventSpec(EventType.TASK_PERMANENTLY_FAILED, S.RUNNING, S.PERMANENTLY_FAILED, error, meta)
+    return Transition(
+        expected=frozenset({S.RUNNING}),
+        to_status=to_status,
+        values={"error": error, "recoveries": deaths},
+        events=(event,),
         close_attempt=AttemptOutcome.INTERRUPTED,
         attempt_error=f"worker {task.worker_id} {reason}",
         fenced=True,

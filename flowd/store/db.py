@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 
-from flowd.errors import BadInput, DatabaseUnavailable, TransactionConflict
+from flowd.errors import BadInput, DatabaseUnavailable, SchemaMismatch, TransactionConflict
 from flowd.logging import get_logger
 from flowd.store.schema import SCHEMA_REVISION
 
@@ -231,16 +231,35 @@ class Database:
         finally:
             conn.close()
 
-    def ensure_schema(self) -> None:
-        """Create the tables on first use (idempotent, safe against a concurrent creator)."""
+    def ensure_schema(self, *, upgrade: bool = False) -> None:
+        """Check the schema before first use: create it in an empty database (idempotent, safe
+        against a concurrent creator); migrate an older one only with `upgrade` (`flowd db
+        upgrade`, a starting worker), else refuse with `SchemaMismatch`, as for a newer one."""
         if self._schema_ready:
             return
         with self._schema_lock:
             if self._schema_ready:
                 return
-            if self._current_revision() != SCHEMA_REVISION:
-                self.create_schema()
+            current = self._current_revision()
+            if current != SCHEMA_REVISION:
+                if current is not None and not upgrade:
+                    raise self._mismatch(current)
+                self.create_schema(existing=upgrade)
             self._schema_ready = True
+
+    def _mismatch(self, current: str) -> SchemaMismatch:
+        """The one-line refusal for a database at `current`, another revision than this code's."""
+        from flowd.store import migrate
+
+        if migrate.is_known(current):
+            return SchemaMismatch(
+                f"database {self.display_url} is at schema revision {current}, this flowd needs {SCHEMA_REVISION}:"
+                " run `flowd db upgrade`"
+            )
+        return SchemaMismatch(
+            f"database {self.display_url} is at schema revision {current}, newer than this flowd knows"
+            f" (its newest is {SCHEMA_REVISION}): upgrade flowd"
+        )
 
     def _current_revision(self) -> str | None:
         """The database's revision, by one cheap query (no Alembic import on the hot path)."""
@@ -253,8 +272,10 @@ class Database:
             raise self._unavailable(e) from e
         return str(row[0]) if row else None
 
-    def create_schema(self) -> tuple[str | None, str]:
-        """Migrate the schema to this code's head revision; returns (from, to)."""
+    def create_schema(self, *, existing: bool = True) -> tuple[str | None, str]:
+        """Migrate the schema to this code's head revision under the schema lock; returns
+        (from, to). Without `existing`, only an empty database is created: one at an older
+        revision is refused (`SchemaMismatch`). A newer revision is always refused."""
         from flowd.store import migrate
 
         # servers: a connection of its own, without the statement timeout (rebuilding an
@@ -263,13 +284,23 @@ class Database:
         try:
             with engine.connect() as conn:
                 conn.info["flowd_write"] = True
-                with conn.begin():
-                    return migrate.upgrade(conn)
+                with conn.begin(), migrate.schema_lock(conn):
+                    before = migrate.current(conn)
+                    if (
+                        before is not None
+                        and before != SCHEMA_REVISION
+                        and (not existing or not migrate.is_known(before))
+                    ):
+                        raise self._mismatch(before)
+                    result = migrate.upgrade(conn)
         except (exc.OperationalError, exc.InterfaceError) as e:
             raise self._unavailable(e) from e
         finally:
             if engine is not self.engine:
                 engine.dispose()
+        if result[0] is not None and result[0] != result[1]:
+            log.info("schema_migrated", db=self.display_url, from_revision=result[0], to_revision=result[1])
+        return result
 
     def _migration_engine(self) -> sa.Engine:
         return sa.create_engine(

@@ -60,10 +60,9 @@ def schema_lock(conn: sa.Connection) -> Iterator[None]:
 
 
 def upgrade(conn: sa.Connection) -> tuple[str | None, str]:
-    """Migrate to head under the schema lock; returns (from, to) revisions."""
-    with schema_lock(conn):
-        before = current(conn)
-        target = head()
-        if before != target:
-            command.upgrade(config(conn), "head")
-        return before, target
+    """Migrate to head; returns (from, to) revisions. The caller holds `schema_lock`."""
+    before = current(conn)
+    target = head()
+    if before != target:
+        command.upgrade(config(conn), "head")
+    return before, target

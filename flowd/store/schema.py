@@ -23,6 +23,10 @@ SCHEMA_REVISION = "0014"
 """The Alembic head this code expects; a test proves it matches the migrations."""
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# Ids people see (tasks, events, attempts, flows) are never reused, on any database: SQLite
+# tables with an id of this kind are AUTOINCREMENT (`sqlite_autoincrement=True`), else SQLite
+# would hand out max(id) + 1 again after the newest rows were deleted; PostgreSQL sequences and
+# MySQL 8 / MariaDB 10.2.4+ AUTO_INCREMENT counters never go back, across restarts too.
 LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 LongBlob = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 
@@ -140,6 +144,8 @@ tasks = sa.Table(
     # the domain object the task is about (flowd_entities keeps its projection)
     sa.Column("entity_type", _s(64), nullable=True),
     sa.Column("entity_id", _s(255), nullable=True),
+    # attempts in a row interrupted by the death of their worker (max_recoveries ends the run)
+    sa.Column("recoveries", sa.Integer, nullable=False, server_default="0"),
     # the plugin version (content hash) of the running attempt: the attempt row, written
     # once when the attempt ends, takes it (with worker_id, attempt, stage and started_at)
     sa.Column("handler_version", _s(64), nullable=True),
@@ -154,6 +160,7 @@ tasks = sa.Table(
     sa.Index("ix_flowd_tasks_flow", "flow_id", "flow_step", **partial("flow_id IS NOT NULL")),
     # "is any constrained task pending?": the claim takes its plain path when none is
     sa.Index("ix_flowd_tasks_constrained", "constrained", "status", **partial(CONSTRAINED_SQL)),
+    sqlite_autoincrement=True,
 )
 
 # the claim's ORDER BY after the status prefix: a claim reads the first due pending rows
@@ -186,6 +193,7 @@ events = sa.Table(
     sa.Index("ix_flowd_events_task", "task_id", "id"),
     sa.Index("ix_flowd_events_root", "root_id", "id"),
     sa.Index("ix_flowd_events_created", "created_at"),
+    sqlite_autoincrement=True,
 )
 
 attempts = sa.Table(
@@ -204,6 +212,7 @@ attempts = sa.Table(
     sa.Column("handler_version", _s(64), nullable=True),
     sa.UniqueConstraint("task_id", "attempt", name="uq_flowd_attempts_task_attempt"),
     sa.Index("ix_flowd_attempts_worker", "worker_id", "ended_at"),
+    sqlite_autoincrement=True,
 )
 
 workers = sa.Table(
@@ -273,6 +282,7 @@ flows = sa.Table(
     sa.Column("finished_at", Millis, nullable=True),
     # the deadline sweep: running flows by deadline
     sa.Index("ix_flowd_flows_status_deadline", "status", "deadline"),
+    sqlite_autoincrement=True,
 )
 
 constraint_keys = sa.Table(

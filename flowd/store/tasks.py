@@ -61,7 +61,9 @@ def _ms(v: Any) -> datetime:
 _DECODE: tuple[tuple[int, Callable[[Any], Any]], ...] = tuple(
     (i, _ms if name in _MILLIS else json.loads) for i, name in enumerate(_COLUMNS) if name in _MILLIS | _JSON
 )
-_INTS = tuple(_COLUMNS.index(n) for n in ("id", "priority", "stage", "retry_count", "max_retries", "attempt"))
+_INTS = tuple(
+    _COLUMNS.index(n) for n in ("id", "priority", "stage", "retry_count", "max_retries", "attempt", "recoveries")
+)
 _OPTIONAL_INTS = tuple(_COLUMNS.index(n) for n in ("parent_id", "root_id", "flow_id"))
 _FLOATS = tuple(_COLUMNS.index(n) for n in ("retry_interval", "timeout"))
 _I = {name: _COLUMNS.index(name) for name in ("type", "status", "payload", "labels", "context", "constrained")}
@@ -165,11 +167,13 @@ def _reserve_ids(conn: sa.Connection, n: int) -> list[TaskId] | None:
 
     Knowing the ids up front lets a bulk insert set root_id and write the events without
     reading anything back or updating a row twice. SQLite: the write transaction holds the
-    file lock (BEGIN IMMEDIATE) and a rowid table numbers new rows from max(id) + 1 anyway.
+    file lock (BEGIN IMMEDIATE); new ids start past the highest ever handed out (the
+    AUTOINCREMENT table's sqlite_sequence entry, which the INSERT then raises), not past
+    today's max(id), so the ids of deleted tasks are never given again.
     PostgreSQL: the id sequence hands out `n` values in one statement.
     """
     if conn.dialect.name == "sqlite":
-        first = int(conn.execute(_MAX_ID).scalar_one()) + 1
+        first = int(conn.execute(_LAST_ID).scalar_one()) + 1
         return [TaskId(i) for i in range(first, first + n)]
     if conn.dialect.name == "postgresql":
         return [TaskId(int(r[0])) for r in conn.execute(_NEXT_IDS, {"n": n})]
@@ -177,7 +181,10 @@ def _reserve_ids(conn: sa.Connection, n: int) -> list[TaskId] | None:
 
 
 # built once: SQLAlchemy then goes straight to its compiled-statement cache
-_MAX_ID = sa.select(sa.func.coalesce(sa.func.max(T.c.id), 0))
+_LAST_ID = sa.text(
+    f"SELECT max(coalesce((SELECT max(id) FROM {T.name}), 0),"
+    f" coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{T.name}'), 0))"
+)
 _NEXT_IDS = sa.text(f"SELECT nextval(pg_get_serial_sequence('{T.name}', 'id')) FROM generate_series(1, :n)")
 
 # an inserted task row: the columns of its own first, then its template's (in dict order)

@@ -56,6 +56,9 @@ WORKER_ENV = {
     "FLOWD_WORKER_HEARTBEAT_TIMEOUT": str(LEASE),
     "FLOWD_SHUTDOWN_GRACE": "4",
     "FLOWD_RETENTION_INTERVAL": "3600",
+    # the harness kills workers at random, not because of a handler: a task caught by three
+    # kills in a row must still be recovered here (max_recoveries has tests of its own)
+    "FLOWD_MAX_RECOVERIES": "1000",
 }
 
 HANDLERS = """

@@ -27,6 +27,7 @@ TASK_EXTRA = {
     "cron_tz",
     "key",
     "attempt",
+    "recoveries",
     "flow_id",
     "flow_step",
     "entity",

@@ -22,6 +22,11 @@ def slow(task):
     return {"attempt": task.attempt, "worker": task.worker_id, "pid": os.getpid()}
 
 
+@handler("crash")
+def crash(task):
+    os._exit(1)  # a segfault or the OOM killer, as the worker sees it: the process is gone
+
+
 @handler("late")
 def late(task):
     # attempt 1 is frozen mid-sleep; once thawed it tries every kind of write there is
@@ -189,3 +194,28 @@ def test_sigterm_past_the_grace_period__hands_the_attempt_back_and_exits_0(cli: 
     done = wait(lambda: status(api, tid) == "completed" and api.get_task(tid), what="run again", cli=cli)
     assert done.result["attempt"] == 2
     assert [a["outcome"] for a in api.task_audit(tid)["attempts"]["items"]] == ["interrupted", "completed"]
+
+
+def test_handler_that_kills_its_worker__permanently_failed_after_max_recoveries_deaths(
+    cli: Cli, api: TaskManager
+) -> None:
+    tid = api.submit("crash", {}, max_retries=2)
+    for death in range(1, 4):
+        proc = cli.worker(pod="a")  # systemd's Restart=always: recovers the task, runs it, dies
+        wait(lambda p=proc: p.poll() is not None, what=f"death {death}", cli=cli)
+        assert proc.returncode == 1
+    survivor = cli.worker(pod="a")  # the fourth start recovers no more: the task ends
+    t = wait(lambda: status(api, tid) == "permanently_failed" and api.get_task(tid), what="given up", cli=cli)
+    assert t.error is not None and "its worker died 3 times while running it" in t.error
+    assert t.retry_count == 0 and t.recoveries == 3
+    audit = api.task_audit(tid, limit=1000)
+    assert [a["outcome"] for a in audit["attempts"]["items"]] == ["interrupted"] * 3
+    events = audit["events"]["items"]
+    assert [e["metadata"]["recovery_reason"] for e in events if e["event_type"] == "task_recovered"] == [
+        "superseded",
+        "superseded",
+    ]
+    (end,) = [e for e in events if e["event_type"] == "task_permanently_failed"]
+    assert end["metadata"]["reason"] == "recoveries_exhausted" and end["metadata"]["recoveries"] == 3
+    assert survivor.poll() is None, "the last worker never ran it: it is alive"
+    assert "task_recoveries_exhausted" in cli.log_tail(50000)

@@ -305,3 +305,164 @@ def test_stuck_attempt_of_a_live_pod_worker__timed_out_by_its_heartbeat(db_url: 
     assert mc.get_task(tid).retry_count == 1
     assert outcomes(mc, tid)[0] == "timeout"
     gate.release.set()
+
+
+# -- crashes that repeat: max_recoveries ------------------------------------------------
+
+HOOKS = """
+import json
+from flowd import on
+
+@on("task_permanently_failed")
+@on("task_paused")
+@on("task_resumed")
+def note(event):
+    with open({out!r}, "a") as f:
+        keys = ("event_type", "task_id", "metadata", "error")
+        f.write(json.dumps({{k: event[k] for k in keys if k in event}}) + "\\n")
+"""
+
+
+class Deaths:
+    """Workers that claim a task and die with it; a survivor (pod c) reaps and recovers them.
+
+    Each doomed worker has a pod of its own, claims through the real claim and is then aged
+    (its lease expired at the epoch): the survivor's next heartbeat marks it dead and
+    recovers its task, as after a SIGKILL. The survivor has no handler for the task, so it
+    never runs it itself; it does run the plugin's hooks.
+    """
+
+    def __init__(self, db_url: str, make: Make, tmp: Any, **kw: Any) -> None:
+        self.out = tmp / "hooks.jsonl"
+        (tmp / "handlers" / "hooks.py").write_text(HOOKS.format(out=str(self.out)))
+        self.m = make(db_url, **kw)
+        self.m.use("job", lambda t: "done")
+        self.survivor = make(db_url, pod_id="c", worker_id="wc", **kw)
+        self.wc = self.survivor.make_worker()
+        self.wc.start()
+        self.now = utcnow()
+        self.n = 0
+
+    def die_running(self, tid: int, name: str = "job") -> None:
+        from flowd.engine import ops
+        from flowd.registry import leases
+
+        self.n += 1
+        self.now = after(self.now, 1)
+        wid = f"doomed{self.n}"
+        leases.register(self.m.db, leases.Identity(wid, f"p{self.n}", "host", 1), [name], 30, self.now, recover=None)
+        (t,) = ops.claim(self.m.db, wid, {name: 1}, 1, self.now)
+        assert t.id == tid
+        sql(self.m, "UPDATE flowd_workers SET expires_at = 0 WHERE worker_id = :w", w=wid)
+        self.wc.run_once(self.now)  # its heartbeat is due: reaps the doomed worker, recovers
+
+    def hooks(self, n: int) -> list[dict[str, Any]]:
+        import json
+        import time
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            lines = self.out.read_text().splitlines() if self.out.exists() else []
+            if len(lines) >= n:
+                return [json.loads(x) for x in lines]
+            time.sleep(0.02)
+        raise AssertionError(f"{n} hook calls expected, got {self.out.read_text() if self.out.exists() else 0}")
+
+
+def test_worker_died_max_recoveries_times_in_a_row__task_ends_permanently_failed(
+    db_url: str, make_manager: Make, tmp_path: Any
+) -> None:
+    d = Deaths(db_url, make_manager, tmp_path)
+    tid = d.m.submit("job", {}, max_retries=2)
+    d.die_running(tid)
+    d.die_running(tid)
+    t = d.m.get_task(tid)
+    assert t.status is TaskStatus.PENDING and t.recoveries == 2 and t.retry_count == 0
+    d.die_running(tid)
+    t = d.m.get_task(tid)
+    assert t.status is TaskStatus.PERMANENTLY_FAILED and t.retry_count == 0
+    assert t.error is not None and "its worker died 3 times while running it" in t.error
+    assert outcomes(d.m, tid) == ["interrupted"] * 3, "recovery still uses up no attempt"
+    assert event_types(d.m, tid)[-1] == "task_permanently_failed"
+    assert len(d.m.task_audit(tid, event_types=["task_recovered"])["events"]["items"]) == 2
+    (ev,) = d.m.task_audit(tid, event_types=["task_permanently_failed"])["events"]["items"]
+    assert ev["from_status"] == "running" and ev["worker_id"] == "wc"
+    assert ev["metadata"] == {
+        "reason": "recoveries_exhausted",
+        "recoveries": 3,
+        "max_recoveries": 3,
+        "recovered_from_worker_id": "doomed3",
+        "recovered_by_worker_id": "wc",
+        "recovery_reason": "dead",
+    }
+    (hook,) = d.hooks(1)
+    assert hook["event_type"] == "task_permanently_failed" and hook["task_id"] == tid
+    assert hook["metadata"]["reason"] == "recoveries_exhausted" and "died 3 times" in hook["error"]
+    assert d.m.task_audit(tid)["task"]["recoveries"] == 3
+
+
+def test_max_recoveries__a_normal_end_of_an_attempt_starts_the_run_again_a_hand_back_is_no_death(
+    db_url: str, make_manager: Make, tmp_path: Any
+) -> None:
+    from flowd.engine import ops
+    from flowd.registry import leases
+
+    d = Deaths(db_url, make_manager, tmp_path, max_recoveries=2)
+    tid = d.m.submit("job", {}, max_retries=5)
+    d.die_running(tid)
+    assert d.m.get_task(tid).recoveries == 1
+    # an attempt that fails by itself (a retry follows) ends the run of deaths
+    (t,) = ops.claim(d.m.db, "wx", {"job": 1}, 1, after(d.now, 0.5))
+    assert ops.finish(d.m.db, t, ops.Failure("boom"), after(d.now, 0.5))
+    t = d.m.get_task(tid)
+    assert t.status is TaskStatus.PENDING and t.recoveries == 0 and t.retry_count == 1
+    # a worker that hands its attempt back on SIGTERM did not die: no count
+    (t,) = ops.claim(d.m.db, "wx", {"job": 1}, 1, after(d.now, 0.6))
+    policy = leases.Recovery(max_recoveries=2)
+    assert leases.recover_tasks(d.m.db, ["wx"], {"wx": "shutdown"}, "wx", after(d.now, 0.7), policy) == [tid]
+    assert d.m.get_task(tid).recoveries == 0
+    d.die_running(tid)
+    t = d.m.get_task(tid)
+    assert t.status is TaskStatus.PENDING and t.recoveries == 1
+    d.die_running(tid)
+    t = d.m.get_task(tid)
+    assert t.status is TaskStatus.PERMANENTLY_FAILED and t.error is not None and "died 2 times" in t.error
+    assert outcomes(d.m, tid) == ["interrupted", "failed", "interrupted", "interrupted", "interrupted"]
+    # a manual resume gives the task a fresh budget of deaths as well as of attempts
+    d.m.resume_task(tid)
+    t = d.m.get_task(tid)
+    assert t.status is TaskStatus.PENDING and t.recoveries == 0 and t.retry_count == 0
+
+
+def test_max_recoveries__a_cron_task_is_paused(db_url: str, make_manager: Make, tmp_path: Any) -> None:
+    d = Deaths(db_url, make_manager, tmp_path, max_recoveries=1)
+    tid = d.m.cron("job", "* * * * * *", {})
+    d.now = after(d.now, 2)  # its first occurrence is due
+    d.die_running(tid)
+    t = d.m.get_task(tid)
+    assert t.status is TaskStatus.PAUSED and t.error is not None and "its worker died 1 times" in t.error
+    (ev,) = d.m.task_audit(tid, event_types=["task_paused"])["events"]["items"]
+    assert ev["metadata"]["reason"] == "recoveries_exhausted" and ev["from_status"] == "running"
+    (hook,) = d.hooks(1)
+    assert hook["event_type"] == "task_paused" and hook["metadata"]["recovery_reason"] == "dead"
+
+
+def test_max_recoveries__a_child_given_up_resumes_its_parent(db_url: str, make_manager: Make, tmp_path: Any) -> None:
+    d = Deaths(db_url, make_manager, tmp_path, max_recoveries=1)
+    d.m.use("parent", lambda t: SubTasks([{"name": "job"}]) if t.stage == 0 else [c["status"] for c in t.children()])
+    pid = d.m.submit("parent", {})
+    w = d.m.make_worker()
+    w.run_once()  # claims the parent only: the child does not exist yet
+    w.pause()
+    w.run_until_idle()  # writes the SubTasks outcome, claims nothing
+    (child,) = d.m.query_tasks(parent_id=pid).items
+    assert d.m.get_task(pid).status is TaskStatus.SUSPENDED
+    d.die_running(child.id)
+    assert d.m.get_task(child.id).status is TaskStatus.PERMANENTLY_FAILED
+    p = d.m.get_task(pid)
+    assert p.status is TaskStatus.PENDING and p.stage == 1, "a child that ended counts as finished"
+    sql(d.m, "UPDATE flowd_tasks SET next_run_time = 0 WHERE id = :id", id=pid)  # due now, by the real clock
+    w.resume()
+    w.run_until_idle()
+    assert d.m.get_task(pid).result == ["permanently_failed"]
+    assert [h["event_type"] for h in d.hooks(2)] == ["task_permanently_failed", "task_resumed"]

@@ -213,6 +213,53 @@ def test_recover__keeps_stage_and_retry_count_and_is_fenced() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("type_", "recoveries", "reason", "limit", "to_status", "after"),
+    [
+        (TaskType.ASYNC, 0, "dead", 3, S.PENDING, 1),
+        (TaskType.ASYNC, 1, "superseded", 3, S.PENDING, 2),
+        (TaskType.ASYNC, 2, "dead", 3, S.PERMANENTLY_FAILED, 3),  # the third death in a row
+        (TaskType.CRON, 2, "superseded", 3, S.PAUSED, 3),
+        (TaskType.ASYNC, 0, "dead", 1, S.PERMANENTLY_FAILED, 1),
+        (TaskType.ASYNC, 2, "shutdown", 3, S.PENDING, 2),  # a hand-back is no death: no count, no end
+        (TaskType.ASYNC, 50, "dead", None, S.PENDING, 51),  # no limit given: recovered forever
+    ],
+)
+def test_recover__the_max_recoveries_th_death_in_a_row_ends_the_task(
+    type_: TaskType, recoveries: int, reason: str, limit: int | None, to_status: S, after: int
+) -> None:
+    cron = {"cron_expr": "* * * * *"} if type_ is TaskType.CRON else {}
+    tr = r.recover(task(S.RUNNING, type=type_, recoveries=recoveries, **cron), "w2", reason, NOW, limit)
+    assert tr.to_status is to_status and tr.values["recoveries"] == after
+    assert tr.fenced and tr.close_attempt is AttemptOutcome.INTERRUPTED and "retry_count" not in tr.values
+    if to_status is S.PENDING:
+        assert [e.type for e in tr.events] == [EventType.TASK_RECOVERED]
+        return
+    (ev,) = tr.events
+    assert ev.type is (EventType.TASK_PAUSED if type_ is TaskType.CRON else EventType.TASK_PERMANENTLY_FAILED)
+    assert ev.from_status is S.RUNNING and ev.metadata is not None
+    assert ev.metadata["reason"] == "recoveries_exhausted" and ev.metadata["recovery_reason"] == reason
+    assert tr.values["error"].startswith(f"its worker died {after} times while running it")
+    assert tr.finishes_child is (type_ is TaskType.ASYNC)
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        lambda t: r.succeed(t, 1, NOW),
+        lambda t: r.fail(t, "boom", NOW),
+        lambda t: r.fail(replace(t, retry_count=2), "boom", NOW),
+        lambda t: r.fail(t, "late", NOW, timed_out=True),
+        lambda t: r.suspend(t, "approval", None),
+        lambda t: r.suspend_for_children(t, None, 2),
+    ],
+)
+def test_an_attempt_that_ends_by_itself__ends_the_run_of_deaths(end: object) -> None:
+    assert callable(end)
+    assert end(task(S.RUNNING, recoveries=2)).values["recoveries"] == 0
+    assert "recoveries" not in end(task(S.RUNNING)).values, "nothing to reset: the hot path writes no more"
+
+
 def _owner(status: WorkerStatus, seen_after_heartbeat: float) -> WorkerRecord:
     hb = datetime(2026, 1, 1, tzinfo=UTC)
     seen = hb + timedelta(seconds=seen_after_heartbeat)

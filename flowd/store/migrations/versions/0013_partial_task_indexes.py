@@ -8,7 +8,7 @@ flow, constraint flag) only rows where they are set. MySQL/MariaDB have no parti
 indexes: nothing changes there.
 
 Revision ID: 0013
-Revises: 0008
+Revises: 0010
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
-down_revision = "0008"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
