@@ -48,3 +48,27 @@ class TaskTimeout(FlowdError):
 
 class StaleWrite(FlowdError):
     """A fenced write matched no row: the attempt no longer belongs to this worker."""
+
+
+def is_statement_error(e: BaseException) -> bool:
+    """A database driver error wrapped with its statement (SQLAlchemy's `StatementError`):
+    its text carries the SQL and the bound parameters, which may hold payloads and secrets."""
+    return hasattr(e, "statement") and hasattr(e, "params") and hasattr(e, "orig")
+
+
+def describe(e: BaseException) -> str:
+    """One line about `e` that is safe to show or store: never SQL text or bound parameters.
+
+    The full text of a database error is left to the debug log (FLOWD_DEBUG=1).
+    """
+    if is_statement_error(e):
+        orig = getattr(e, "orig", None)
+        if hasattr(e, "connection_invalidated"):  # raised by the driver: its text may quote values
+            args = getattr(orig, "args", ())
+            code = getattr(orig, "sqlstate", None) or (args[0] if args and isinstance(args[0], int) else None)
+            where = f" ({type(orig).__name__} {code})" if code else f" ({type(orig).__name__})"
+            return f"the database refused a statement: {type(e).__name__}{where}"
+        if orig is not None:  # raised by flowd or SQLAlchemy while binding a value
+            e = orig
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

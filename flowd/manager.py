@@ -18,16 +18,17 @@ from flowd.audit import views
 from flowd.clock import after, iso, utcnow
 from flowd.engine import flows, ops
 from flowd.errors import BadInput, DatabaseUnavailable, FlowdError, NotFound
+from flowd.limits import MAX_ID, MAX_SECONDS, PRIORITY_MAX
 from flowd.logging import get_logger
 from flowd.model import EventType, HandlerRecord, NewTask, Page, TaskId, TaskRecord, TaskType
-from flowd.plugins import HandlerSpec, PluginError, PluginLoader, Registry, load_dir, make_spec
+from flowd.plugins import HandlerSpec, PluginError, PluginLoader, Registry, make_spec
 from flowd.registry import catalog
 from flowd.rules import constraints as cons
 from flowd.rules import cron as cron_rules
 from flowd.rules import flows as flow_rules
 from flowd.rules import options as opt
 from flowd.rules.shapes import flow_json
-from flowd.settings import Settings, load_settings, task_defaults
+from flowd.settings import Settings, load_settings, task_defaults, unknown_env
 from flowd.store import constraints as constraint_store
 from flowd.store import entities as entity_store
 from flowd.store import events as event_store
@@ -66,6 +67,21 @@ def _bad(e: Exception) -> BadInput:
     return BadInput(str(e))
 
 
+def _labels(labels: Any) -> dict[str, str]:
+    try:
+        return opt.check_labels(labels)
+    except opt.InvalidInput as e:
+        raise _bad(e) from e
+
+
+def _id(value: Any, what: str = "task id") -> int:
+    """An id that can exist (1 to 2**63 - 1), else BadInput: exit 2, not a database error."""
+    try:
+        return opt.check_id(value, what)
+    except opt.InvalidInput as e:
+        raise _bad(e) from e
+
+
 class TaskManager:
     """Submit, schedule, control and inspect tasks; run a worker in-process with start()."""
 
@@ -92,6 +108,7 @@ class TaskManager:
         self._watching: threading.Event | None = None
         self._code_handlers: dict[str, HandlerSpec] = {}
         self._removed: set[str] = set()
+        self._reported: set[str] = set()  # plugin files whose failure is already logged
         self._worker: Worker | None = None
         self._thread: threading.Thread | None = None
         self._clock: Callable[[], datetime] = clock or utcnow
@@ -100,10 +117,15 @@ class TaskManager:
     @property
     def db(self) -> Database:
         if self._db is None:
+            s = self.settings
             self._db = Database(
-                self.settings.db_url,
-                pool_size=min(max(self.settings.max_concurrent_tasks + 2, 5), 50),
-                sqlite_synchronous=self.settings.sqlite_synchronous,
+                s.db_url,
+                pool_size=s.db_pool_size,
+                # a SQLite connection costs no server slot: one per running attempt and then some
+                sqlite_pool_size=min(max(s.max_concurrent_tasks + 2, 5), 50),
+                sqlite_synchronous=s.sqlite_synchronous,
+                pooled=s.db_pooled,
+                listen_url=s.db_listen_url,
             )
         return self._db
 
@@ -112,10 +134,15 @@ class TaskManager:
         if self._registry is None:
             d = Path(self.settings.handlers_dir)
             if d.is_dir():
-                self._loader = PluginLoader(d)
+                self._loader = PluginLoader(d, self.settings.plugin_import_timeout)
                 output = self.import_output
                 with contextlib.redirect_stdout(output) if output is not None else contextlib.nullcontext():
                     base, _changes = self._loader.load()
+                # a plugin that blocks at import is given up on at the timeout, and said so:
+                # a command must never hang, nor wait silently
+                for path in self._loader.timed_out():
+                    get_logger("flowd.plugins").error("plugin_load_failed", file=path, error=base.errors[path])
+                    self._reported.add(path)
             elif require_dir:
                 raise BadInput(
                     f"handlers directory {d} does not exist: create it, or pass --handlers / FLOWD_HANDLERS_DIR"
@@ -244,7 +271,7 @@ class TaskManager:
             raise BadInput(f"unknown option(s) {sorted(unknown)}")
         try:
             opt.check_name(name)
-            payload = opt.check_payload(payload)
+            payload = opt.check_payload(payload, self.settings.max_payload_bytes)
             own = opt.check_options({k: options.get(k) for k in opt.OPTION_KEYS})
             defaults = self._handler_defaults(name, bool(options.get("allow_unknown")), fleet)
             resolved = opt.resolve(own, defaults, task_defaults(self.settings))
@@ -252,6 +279,10 @@ class TaskManager:
             labels = opt.check_labels(options.get("labels"))
             tag = options.get("tag")
             key = options.get("key")
+            if tag is not None:
+                opt.check_text("tag", tag)
+            if key is not None:
+                opt.check_text("key", key)
             keys = cons.task_keys(name, payload, labels, self.settings.constraints, defaults)
             entity = flow_rules.check_entity(options.get("entity"))
         except (opt.InvalidInput, PluginError) as e:
@@ -287,9 +318,9 @@ class TaskManager:
             if options.get("delay"):
                 raise BadInput("--debounce sets the start itself: drop --delay")
             try:
-                options["delay"] = opt.check_delay(debounce)
+                options["delay"] = opt.check_delay(debounce, "debounce")
             except opt.InvalidInput as e:
-                raise BadInput(str(e).replace("delay", "debounce")) from e
+                raise _bad(e) from e
         new = self._new_task(name, payload if payload is not None else {}, options, now)
         with self.db.write() as conn:
             if new.key and debounce is not None:
@@ -322,7 +353,7 @@ class TaskManager:
                 templates[name] = (tpl, groups)
             tpl, groups = templates[name]
             try:
-                text = opt.payload_json(payload)
+                text = opt.payload_json(payload, self.settings.max_payload_bytes)
             except opt.InvalidInput as e:
                 raise _bad(e) from e
             # constraint keys render from each item's own payload
@@ -418,6 +449,7 @@ class TaskManager:
                 lambda name: self._handler_defaults(name, False, fleet),
                 task_defaults(self.settings),
                 self.settings.constraints,
+                self.settings.max_payload_bytes,
             )
             inherit = flows.Inherit.of(None, opt.check_labels(labels))
             plan = flows.plan(resolver, kind, steps, join, inherit=inherit, **kw)
@@ -450,6 +482,10 @@ class TaskManager:
     def entity(self, entity_type: str, entity_id: str, limit: int = 100) -> dict[str, Any]:
         """What is happening to one domain object: its tasks' projected states, newest first."""
         self.check_page(limit, 0)
+        try:
+            entity_type, entity_id = flow_rules.check_entity((entity_type, entity_id)) or (entity_type, entity_id)
+        except opt.InvalidInput as e:
+            raise _bad(e) from e
         with self.db.read() as conn:
             rows = entity_store.of_entity(conn, entity_type, entity_id, limit)
         tasks = [
@@ -470,6 +506,7 @@ class TaskManager:
 
     def get_flow(self, flow_id: int) -> dict[str, Any]:
         """A flow as JSON: its status and policy outcome, every step, and the join task."""
+        _id(flow_id, "flow id")
         found = flows.show(self.db, flow_id)
         if found is None:
             raise NotFound(f"flow {flow_id} not found")
@@ -481,18 +518,36 @@ class TaskManager:
 
     # -- control ---------------------------------------------------------------------
     def pause_task(self, task_id: int, reason: str | None = None) -> TaskRecord:
+        _id(task_id)
         return ops.pause_task(self.db, task_id, self._clock(), reason)
 
     def resume_task(self, task_id: int, reason: str | None = None) -> TaskRecord:
+        _id(task_id)
         t = ops.resume_task(self.db, task_id, self._clock(), reason)
         self._wake()
         return t
 
     def cancel_task(self, task_id: int, reason: str | None = None) -> TaskRecord:
+        _id(task_id)
         return ops.cancel_task(self.db, task_id, self._clock(), reason)
+
+    def retry_task(self, task_id: int, reason: str | None = None) -> TaskRecord:
+        """Retry now: a failed, timed-out or permanently failed task back to pending (fresh retry budget)."""
+        t = ops.retry_task(self.db, task_id, self._clock(), reason)
+        self._wake()
+        return t
+
+    def delete_task(self, task_id: int) -> int:
+        """Delete one task with its events and attempts (as `flowd delete` does); NotFound if absent."""
+        with self.db.write() as conn:
+            n, _e, _a = task_store.delete(conn, [TaskId(task_id)])
+        if not n:
+            raise NotFound(f"task {task_id} not found: check the id with `flowd list`")
+        return n
 
     # -- reading ---------------------------------------------------------------------
     def get_task(self, task_id: int) -> TaskRecord:
+        _id(task_id)
         with self.db.read() as conn:
             t = task_store.get(conn, task_id)
         if t is None:
@@ -502,10 +557,10 @@ class TaskManager:
     @staticmethod
     def check_page(limit: int, offset: int, order: str = "asc") -> None:
         """Refuse a bad page request (BadInput): limit >= 1, offset >= 0, order asc|desc."""
-        if limit < 1:
-            raise BadInput(f"limit must be positive, not {limit}")
-        if offset < 0:
-            raise BadInput(f"offset must be >= 0, not {offset}")
+        if not 1 <= limit <= MAX_ID:
+            raise BadInput(f"limit must be positive and at most {MAX_ID}, not {limit}")
+        if not 0 <= offset <= MAX_ID:
+            raise BadInput(f"offset must be >= 0 and at most {MAX_ID}, not {offset}")
         if order not in ("asc", "desc"):
             raise BadInput(f"order must be asc or desc, not {order!r}")
 
@@ -521,12 +576,21 @@ class TaskManager:
         typ = filters.get("type")
         if typ is not None and typ not in ("async", "cron"):
             raise BadInput(f"unknown type {typ!r}: use async or cron")
+        try:
+            for what in ("name", "tag", "worker_id"):
+                if filters.get(what) is not None:
+                    opt.check_text(what, filters[what])
+        except opt.InvalidInput as e:
+            raise _bad(e) from e
+        for what in ("parent_id", "root_id"):
+            if filters.get(what) is not None:
+                _id(filters[what], what.replace("_", " "))
         return TaskFilter(
             status=status or None,
             name=filters.get("name"),
             type=typ,
             tag=filters.get("tag"),
-            labels=opt.check_labels(filters.get("labels")) or None,
+            labels=_labels(filters.get("labels")) or None,
             parent_id=filters.get("parent_id"),
             root_id=filters.get("root_id"),
             worker_id=filters.get("worker_id"),
@@ -558,14 +622,15 @@ class TaskManager:
         `attempt` and `worker_id` narrow the attempts too; `limit`/`offset` page the events
         (the attempts page shares `limit`, from the first).
         """
+        _id(task_id)
         self.check_page(limit, offset, order)
         unknown = sorted(set(event_types or ()) - {e.value for e in EventType})
         if unknown:
             raise BadInput(f"unknown event type(s) {unknown}: use e.g. task_failed, task_checkpoint, task_progress")
-        if attempt is not None and attempt < 1:
-            raise BadInput(f"attempt numbers start at 1, not {attempt}")
-        if stage is not None and stage < 0:
-            raise BadInput(f"stage must be >= 0, not {stage}")
+        if attempt is not None and not 1 <= attempt <= PRIORITY_MAX:
+            raise BadInput(f"attempt numbers start at 1 and end at {PRIORITY_MAX}, not {attempt}")
+        if stage is not None and not 0 <= stage <= PRIORITY_MAX:
+            raise BadInput(f"stage must be >= 0 and at most {PRIORITY_MAX}, not {stage}")
         if since is not None and until is not None and since > until:
             raise BadInput("--since is after --until: nothing can match")
         ef = EventFilter(
@@ -586,11 +651,27 @@ class TaskManager:
         task_id: int | None = None,
         root_id: int | None = None,
         name: str | None = None,
+        event_types: Sequence[str] | None = None,
         limit: int = 100,
     ) -> list[Any]:
         """Events after `after_id` in id order (or the newest `limit` when it is None)."""
         self.check_page(limit, 0)
-        f = EventFilter(task_id=task_id, root_id=root_id, task_name=name, after_id=after_id)
+        if after_id is not None and after_id != 0:
+            _id(after_id, "event id")
+        if task_id is not None:
+            _id(task_id)
+        if root_id is not None:
+            _id(root_id, "workflow id")
+        unknown = sorted(set(event_types or ()) - {e.value for e in EventType})
+        if unknown:
+            raise BadInput(f"unknown event type(s) {unknown}: use e.g. task_failed, task_checkpoint, task_progress")
+        f = EventFilter(
+            task_id=task_id,
+            root_id=root_id,
+            task_name=name,
+            after_id=after_id,
+            event_types=list(event_types) if event_types else None,
+        )
         with self.db.read() as conn:
             if after_id is None:
                 page = event_store.query(conn, f, limit, 0, "desc")
@@ -598,13 +679,16 @@ class TaskManager:
             return list(event_store.query(conn, f, limit, 0, "asc").items)
 
     def workflow_audit(self, task_id: int, limit: int = 10000, offset: int = 0) -> dict[str, Any]:
+        _id(task_id)
         self.check_page(limit, offset)
         return views.workflow_audit(self.db, task_id, limit, offset)
 
     def workflow_tree(self, task_id: int) -> Any:
+        _id(task_id)
         return views.workflow_tree(self.db, task_id)
 
     def workflow_summary(self, task_id: int) -> dict[str, Any]:
+        _id(task_id)
         return views.workflow_summary(self.db, task_id, self._clock())
 
     def stats(self, tag: str | None = None, by_label: str | None = None) -> list[dict[str, Any]]:
@@ -627,11 +711,19 @@ class TaskManager:
             {"label": by_label, "value": v, "name": n, "status": s, "count": counts[(v, n, s)]} for v, n, s in order
         ]
 
+    def overview(self, minutes: int = 15) -> dict[str, Any]:
+        """The web dashboard's overview: status counts, throughput a minute, oldest due task, workers, cron."""
+        from flowd.audit import dashboard
+
+        if minutes < 1:
+            raise BadInput(f"minutes must be >= 1, not {minutes}")
+        return dashboard.overview(self.db, self._clock(), minutes=minutes)
+
     def dashboard(self, *, window: float = 60.0, bucket: float = 5.0) -> dict[str, Any]:
         """Everything `flowd top` shows, as one plain dict (one consistent read)."""
         from flowd.audit import dashboard
 
-        if window <= 0 or bucket <= 0 or bucket > window:
+        if not 0 < bucket <= window <= MAX_SECONDS:
             raise BadInput("the dashboard needs 0 < bucket <= window (seconds)")
         return dashboard.snapshot(self.db, self._clock(), window=window, bucket=bucket)
 
@@ -670,9 +762,11 @@ class TaskManager:
             bad = [s for s in statuses if s not in retention_mod.DELETABLE]
             if bad:
                 raise BadInput(f"retention deletes only {', '.join(retention_mod.DELETABLE)}; not {bad}")
-            expire = float(policy.get("expire_time", self.settings.retention_expire_time))
-            if expire < 0:
-                raise BadInput("expire time must be >= 0 seconds")
+            try:
+                given = policy.get("expire_time", self.settings.retention_expire_time)
+                expire = opt.check_seconds("expire time", given)
+            except opt.InvalidInput as e:
+                raise _bad(e) from e
             policy = retention_mod.Policy(expire, statuses)
         on_batch = (lambda done: progress(done, None)) if progress else None
         return retention_mod.run(self.db, policy, self._clock(), on_batch=on_batch).as_dict()
@@ -690,8 +784,13 @@ class TaskManager:
         from flowd.settings import config_path
 
         source = config_path(config)
-        checks = [_check("settings", "pass", f"loaded ({'file ' + str(source) if source else 'no settings file'})")]
-        handlers = _doctor_handlers(Path(self.settings.handlers_dir))
+        loaded = f"loaded ({'file ' + str(source) if source else 'no settings file'})"
+        stray = unknown_env()
+        if stray:
+            checks = [_check("settings", "fail", f"{loaded}; {len(stray)} unknown FLOWD_* variable(s)", stray)]
+        else:
+            checks = [_check("settings", "pass", loaded)]
+        handlers = _doctor_handlers(Path(self.settings.handlers_dir), self.settings.plugin_import_timeout)
         try:
             db = self.db
             if db.sqlite_file is not None and not Path(db.sqlite_file).exists():
@@ -700,8 +799,8 @@ class TaskManager:
             version, server, local = db.server_info(self._clock)
             current, head = db.schema_version()
         except FlowdError as e:
-            skipped = [_check(n, "skip", "database not reachable") for n in ("schema", "clock")]
-            return [*checks, _check("database", "fail", str(e)), skipped[0], handlers, skipped[1]]
+            skipped = [_check(n, "skip", "database not reachable") for n in ("schema", "clock", "pooler", "capacity")]
+            return [*checks, _check("database", "fail", str(e)), skipped[0], handlers, *skipped[1:]]
         known = db.is_known_revision(current) if current else False
         return [
             *checks,
@@ -709,6 +808,25 @@ class TaskManager:
             _doctor_schema(current, head, known),
             handlers,
             _doctor_clock(server, local, db.dialect),
+            *self._doctor_pooling(current == head),
+        ]
+
+    def _doctor_pooling(self, schema_ready: bool) -> list[dict[str, Any]]:
+        """The pooler and connections checks (PostgreSQL; skipped elsewhere)."""
+        from flowd.registry import catalog
+
+        db, s = self.db, self.settings
+        try:
+            report = db.pooling_report()
+            fleet = catalog.fleet_size(db, self._clock()) if schema_ready and report is not None else 0
+        except FlowdError as e:
+            return [_check("pooler", "fail", str(e)), _check("capacity", "skip", "database not reachable")]
+        if report is None:
+            skip = f"{db.dialect}: PostgreSQL only"
+            return [_check("pooler", "skip", skip), _check("capacity", "skip", skip)]
+        return [
+            _doctor_pooler(report, s.db_pooled, s.poll_interval),
+            _doctor_connections(report, s.db_pool_size, fleet),
         ]
 
     # -- the in-process worker -------------------------------------------------------
@@ -765,6 +883,8 @@ class TaskManager:
         if reg.errors:
             log = get_logger("flowd.plugins")
             for path, err in reg.errors.items():
+                if path in self._reported:
+                    continue
                 tb = self._loader.traceback_of(path) if self._loader is not None else None
                 log.error("plugin_load_failed", file=path, error=err, traceback=tb)
         if install_signals:
@@ -805,11 +925,11 @@ def _check(name: str, status: str, detail: str, errors: Sequence[str] = ()) -> d
 def doctor(config: str | None = None, **overrides: Any) -> dict[str, Any]:
     """`flowd doctor`: settings, database, schema, handlers and clock checks; writes nothing."""
     checks: list[dict[str, Any]] = []
-    names = ("database", "schema", "handlers", "clock")
+    names = ("database", "schema", "handlers", "clock", "pooler", "capacity")
     try:
         m = TaskManager(config=config, **overrides)
     except FlowdError as e:
-        checks.append(_check("settings", "fail", str(e)))
+        checks.append(_check("settings", "fail", str(e), unknown_env()))
         checks += [_check(n, "skip", "settings did not load") for n in names]
         return {"ok": False, "checks": checks}
     try:
@@ -831,10 +951,11 @@ def _doctor_schema(current: str | None, head: str, known: bool) -> dict[str, Any
     )
 
 
-def _doctor_handlers(directory: Path) -> dict[str, Any]:
+def _doctor_handlers(directory: Path, import_timeout: float) -> dict[str, Any]:
     if not directory.is_dir():
         return _check("handlers", "fail", f"{directory} is not a directory: create it or set FLOWD_HANDLERS_DIR")
-    reg = load_dir(directory)
+    # the worker's import timeout: a plugin that blocks at import is a FAIL, not a hang
+    reg = PluginLoader(directory, import_timeout).load()[0]
     if reg.errors:
         # each error already reads "file:line: Type: message"
         return _check(
@@ -842,6 +963,46 @@ def _doctor_handlers(directory: Path) -> dict[str, Any]:
         )
     listed = ", ".join(reg.names()) or "none found"
     return _check("handlers", "pass", f"{len(reg.handlers)} handler(s) in {directory}: {listed}")
+
+
+def _doctor_pooler(r: dict[str, Any], setting: str, poll_interval: float) -> dict[str, Any]:
+    """Each thing a transaction-mode pooler forbids, checked: startup options, the statement
+    limit inside a transaction, prepared statements, LISTEN."""
+    timeout = f"statement_timeout {r['statement_timeout']:g}s in force"
+    if r["listen_error"] is not None:
+        return _check("pooler", "fail", f"db_listen_url: {r['listen_error']}")
+    if not r["pooled"]:
+        if r["listen_pooled"]:  # db_pooled = true on a direct URL: correct, but no LISTEN
+            fix = f"db_pooled = true: workers poll every {poll_interval:g}s (set it to auto, or set db_listen_url)"
+            return _check("pooler", "warn", f"direct connection; {timeout}; {fix}")
+        return _check("pooler", "pass", f"direct connection; {timeout}; LISTEN works")
+    if setting == "false":
+        return _check("pooler", "fail", "a pooler answers but db_pooled = false: set it to auto or true")
+    if r["statement_timeout"] <= 0:
+        return _check("pooler", "fail", "a pooler answers and statement_timeout is not in force inside a transaction")
+    detail = f"a pooler answers: no startup options, {timeout} (SET LOCAL per transaction), no prepared statements; "
+    if r["listen_pooled"]:
+        fix = f"LISTEN cannot work through it: workers poll every {poll_interval:g}s (set db_listen_url: a direct URL)"
+        return _check("pooler", "warn", detail + fix)
+    return _check("pooler", "pass", detail + "LISTEN on db_listen_url, a direct connection")
+
+
+def _doctor_connections(r: dict[str, Any], pool_size: int, fleet: int) -> dict[str, Any]:
+    """Connections in use against max_connections, and how many more workers fit."""
+    usable = r["max_connections"] - r["reserved"]
+    per_worker = pool_size + 1
+    detail = (
+        f"{r['in_use']} of {r['max_connections']} in use ({r['reserved']} reserved for superusers); "
+        f"{fleet} worker(s) live, each up to db_pool_size + 1 = {per_worker}"
+    )
+    if r["pooled"]:
+        return _check("capacity", "pass", detail + "; behind the pooler, its pool is what the server sees")
+    room = (usable - r["in_use"]) // per_worker
+    if r["in_use"] >= usable * 0.9:
+        return _check("capacity", "fail", detail + ": the server is nearly full; put PgBouncer in front")
+    if room < max(5, fleet // 4):
+        return _check("capacity", "warn", detail + f": room for {room} more worker(s); consider PgBouncer")
+    return _check("capacity", "pass", detail + f"; room for about {room} more worker(s)")
 
 
 def _doctor_clock(server: datetime | None, local: datetime, dialect: str) -> dict[str, Any]:

@@ -29,6 +29,9 @@ class TaskStatus(enum.StrEnum):
 FINISHED_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.PERMANENTLY_FAILED})
 """A child in one of these counts as finished for its parent's stage."""
 
+QUEUE_STATUSES = tuple(s for s in TaskStatus if s not in FINISHED_STATUSES)
+"""The statuses of work not yet done (waiting, running, or held): what a queue depth counts."""
+
 
 class TaskType(enum.StrEnum):
     ASYNC = "async"
@@ -212,6 +215,9 @@ class TaskNode(_Fields):
     progress_text: str | None
     progress_percent: float | None
     last_event_time: datetime | None
+    # a flow's step and its index (the tree marks them)
+    flow_id: int | None = None
+    flow_step: int | None = None
 
     @staticmethod
     def of(t: TaskRecord) -> TaskNode:
@@ -226,6 +232,8 @@ class TaskNode(_Fields):
             t.progress_text,
             t.progress_percent,
             t.last_event_time,
+            t.flow_id,
+            t.flow_step,
         )
 
 

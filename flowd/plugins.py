@@ -20,6 +20,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
+from flowd.limits import MAX_SECONDS
+from flowd.logging import importing
 from flowd.model import EventType
 from flowd.rules.constraints import Constraint
 from flowd.rules.options import InvalidInput, check_name, check_options
@@ -123,7 +125,7 @@ def on(event: str, *, timeout: float = DEFAULT_HOOK_TIMEOUT) -> Callable[[F], F]
     `timeout` seconds; what it raises is logged and never affects the task."""
     if event not in HOOK_EVENTS:
         raise InvalidInput(f"@on({event!r}): unknown event; use one of {', '.join(sorted(HOOK_EVENTS))}")
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= MAX_SECONDS:
         raise InvalidInput(f"@on({event!r}): timeout must be positive seconds, not {timeout!r}")
 
     def mark(fn: F) -> F:
@@ -142,6 +144,10 @@ class PluginError(Exception):
     def __init__(self, message: str, traceback: str | None = None) -> None:
         super().__init__(message)
         self.traceback = traceback
+
+
+class PluginImportTimeout(PluginError):
+    """A plugin file whose import did not finish in time (it blocks at import)."""
 
 
 @dataclass(frozen=True)
@@ -240,7 +246,8 @@ def _exec_file(path: Path, source: bytes) -> ModuleType:
     try:
         # compile the bytes we hashed (never a cached .pyc): the version is what runs
         code = compile(source, str(path), "exec")
-        exec(code, module.__dict__)
+        with importing(str(path)):  # what it prints now is its import-time output
+            exec(code, module.__dict__)
     except BaseException as e:
         tb = traceback.extract_tb(e.__traceback__)
         mine = path.resolve()
@@ -270,7 +277,10 @@ def _import_file(path: Path, timeout: float | None = None) -> ModuleType:
     t.start()
     t.join(timeout)
     if t.is_alive():
-        raise PluginError(f"{path}: import did not finish within {timeout:g}s (a plugin must not block at import)")
+        raise PluginImportTimeout(
+            f"{path}: import did not finish within {timeout:g}s, gave up on it "
+            "(a plugin must not block at import; see the plugin_import_timeout setting)"
+        )
     if "error" in box:
         err = box["error"]
         if isinstance(err, PluginError):
@@ -321,6 +331,10 @@ class PluginLoader:
         self._failed: dict[Path, tuple[str, PluginError]] = {}  # path -> (version, error)
         self.new_errors: dict[str, str] = {}
         """The failures the last `load()` found for the first time (log them once)."""
+
+    def timed_out(self) -> list[str]:
+        """The files whose last import was abandoned at the timeout (keys of the registry's errors)."""
+        return [str(p) for p, (_v, e) in self._failed.items() if isinstance(e, PluginImportTimeout)]
 
     def traceback_of(self, path: str) -> str | None:
         """The traceback of the failed import of `path` (a key of the registry's errors)."""

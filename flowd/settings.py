@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic_settings import (
 )
 
 from flowd.errors import BadInput
+from flowd.limits import DEFAULT_MAX_PAYLOAD_BYTES, MAX_BYTES, MAX_RETRIES, MAX_SECONDS
 
 DEFAULT_CONFIG_FILES = (Path("config/flowd.toml"), Path("flowd.toml"))
 TERMINAL_STATUSES = ("completed", "permanently_failed", "paused")
@@ -27,38 +29,52 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLOWD_", extra="ignore", validate_default=True)
 
     db_url: str = Field("sqlite:///flowd.db", min_length=1)
+    # a direct PostgreSQL connection for LISTEN when db_url goes through a pooler (None: db_url)
+    db_listen_url: str | None = Field(None, min_length=1)
+    # whether db_url goes through a transaction-mode pooler (PgBouncer): auto asks the server
+    db_pooled: Literal["auto", "true", "false"] = "auto"
+    # connections a process keeps to a database server (a worker: plus one for wake-ups)
+    db_pool_size: int = Field(1, ge=1, le=100)
     handlers_dir: Path = Path("handlers")
     pod_id: str | None = Field(None, min_length=1, max_length=128)
     worker_id: str | None = Field(None, min_length=1, max_length=128)
     max_concurrent_tasks: int = Field(10, ge=1, le=10_000)
     poll_interval: float = Field(1.0, gt=0, le=3600)
-    max_retries: int = Field(3, ge=1, le=1_000_000)
-    retry_interval: float = Field(0.0, ge=0)
-    timeout: float = Field(60.0, gt=0)
-    task_heartbeat_interval: float = Field(5.0, gt=0)
-    task_heartbeat_timeout: float = Field(30.0, gt=0)
-    worker_heartbeat_interval: float = Field(5.0, gt=0)
-    worker_heartbeat_timeout: float = Field(30.0, gt=0)
+    max_retries: int = Field(3, ge=1, le=MAX_RETRIES)
+    # every duration: at most ten years (flowd.limits), so the worker can compute with it
+    retry_interval: float = Field(0.0, ge=0, le=MAX_SECONDS)
+    timeout: float = Field(60.0, gt=0, le=MAX_SECONDS)
+    task_heartbeat_interval: float = Field(5.0, gt=0, le=MAX_SECONDS)
+    task_heartbeat_timeout: float = Field(30.0, gt=0, le=MAX_SECONDS)
+    worker_heartbeat_interval: float = Field(5.0, gt=0, le=MAX_SECONDS)
+    worker_heartbeat_timeout: float = Field(30.0, gt=0, le=MAX_SECONDS)
     recover_running_jobs: bool = True
     # a task whose worker died (or was superseded) this many times in a row while running it
     # ends permanently_failed (a cron task: paused) instead of being recovered again
     max_recoveries: int = Field(3, ge=1, le=1000)
-    retention_expire_time: float = Field(86400.0, ge=0)
+    retention_expire_time: float = Field(86400.0, ge=0, le=MAX_SECONDS)
     retention_statuses: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["completed", "permanently_failed"]
     )
-    retention_interval: float = Field(300.0, gt=0)
+    retention_interval: float = Field(300.0, gt=0, le=MAX_SECONDS)
     timezone: str | None = None
-    max_result_bytes: int = Field(1_048_576, ge=1)
+    max_result_bytes: int = Field(1_048_576, ge=1, le=MAX_BYTES)
+    max_payload_bytes: int = Field(DEFAULT_MAX_PAYLOAD_BYTES, ge=1, le=MAX_BYTES)
     log_format: Literal["console", "json"] | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    shutdown_grace: float = Field(60.0, ge=0)
+    shutdown_grace: float = Field(60.0, ge=0, le=MAX_SECONDS)
     reload: bool = True
+    # seconds a plugin file may take to import before a command gives up on it (worker and CLI alike)
+    plugin_import_timeout: float = Field(10.0, gt=0, le=3600)
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = Field("127.0.0.1", min_length=1)
+    # `flowd web`: where it listens, and the token every action (and, off loopback, every read) needs
+    web_host: str = Field("127.0.0.1", min_length=1)
+    web_port: int = Field(8765, ge=0, le=65535)
+    web_token: str | None = Field(None, min_length=8, max_length=512)
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
     # seconds of waiting per +1 priority step in the claim order (None: off)
-    priority_aging: float | None = Field(None, gt=0)
+    priority_aging: float | None = Field(None, gt=0, le=MAX_SECONDS)
     # constraint groups, `[constraints.NAME]` tables: key, max_concurrent, cooldown, applies_to
     constraints: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -88,6 +104,13 @@ class Settings(BaseSettings):
             except (ZoneInfoNotFoundError, ValueError) as e:
                 raise ValueError(f"unknown time zone {v!r}") from e
         return v or None
+
+    @field_validator("db_pooled", mode="before")
+    @classmethod
+    def _pooled_word(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return v.strip().lower() if isinstance(v, str) else v
 
     @field_validator("sqlite_synchronous", mode="before")
     @classmethod
@@ -138,9 +161,12 @@ def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any
         import tomllib
 
         try:
-            tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, OSError) as e:
+            doc = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as e:
             raise BadInput(f"config file {path} is not valid TOML: {e}") from e
+        unknown = sorted(set(doc) - set(Settings.model_fields))
+        if unknown:
+            raise BadInput(f"config file {path}: unknown setting {unknown[0]!r}{_did_you_mean(unknown[0])}")
         cls = type("FileSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
     try:
         return cls(**flags)
@@ -148,6 +174,49 @@ def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err.get("loc", ())) or "settings"
         raise BadInput(f"bad setting {loc}: {err.get('msg')} (check FLOWD_{loc.upper()}, flags or config)") from e
+
+
+# FLOWD_* variables that are not settings but that flowd or its test suite reads
+OTHER_ENV = frozenset(
+    {
+        "FLOWD_CONFIG",
+        "FLOWD_DEBUG",
+        "FLOWD_TEST_POSTGRES_URL",
+        "FLOWD_TEST_MYSQL_URL",
+        "FLOWD_PERF",
+        "FLOWD_CHAOS_SECONDS",
+        "FLOWD_CHAOS_SEED",
+    }
+)
+
+
+def closest_setting(name: str) -> str | None:
+    """The setting whose name is nearest to `name` (a likely typo), if any is near enough."""
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), list(Settings.model_fields), n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
+def _did_you_mean(name: str) -> str:
+    close = closest_setting(name)
+    return f" (did you mean {close!r}?)" if close else " (see the settings list in the README)"
+
+
+def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One message per `FLOWD_*` environment variable that names no setting: a typo there
+    (FLOWD_DATABASE_URL) would otherwise be ignored without a word."""
+    env = os.environ if environ is None else environ
+    out = []
+    for var in sorted(env):
+        if not var.startswith("FLOWD_") or var in OTHER_ENV:
+            continue
+        name = var[len("FLOWD_") :].lower()
+        if name not in Settings.model_fields:
+            close = closest_setting(name)
+            hint = f"did you mean FLOWD_{close.upper()}?" if close else "see the settings list in the README"
+            out.append(f"environment variable {var} is not a flowd setting and is ignored ({hint})")
+    return out
 
 
 def task_defaults(s: Settings) -> dict[str, Any]:

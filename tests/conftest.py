@@ -16,7 +16,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests import pgbouncer
+
 BACKENDS = ("sqlite", "postgres", "mysql")
+# the backends of the fixtures below, plus PgBouncer for the tests marked `pooled`
+POOLED_FIXTURES = ("db_url", "empty_db_url", "any_cli", "chaos_cli")
+WITH_POOLER = (*BACKENDS, "pgbouncer")
 _SKIPPED: set[str] = set()
 
 
@@ -76,7 +81,24 @@ def _clone(kind: str, template: str, admin: sa.Engine, name: str) -> None:
 
 
 def fresh_database(kind: str, tmp_path: Path, *, migrated: bool = False) -> Iterator[str]:
-    """Yield the URL of a new database of `kind` (empty, or at the schema head); drop it afterwards."""
+    """Yield the URL of a new database of `kind` (empty, or at the schema head); drop it afterwards.
+
+    "pgbouncer": a PostgreSQL database reached through the session's PgBouncer in
+    transaction mode (tests/pgbouncer.py).
+    """
+    if kind == "pgbouncer":
+        direct = server_url("postgres")
+        if not direct:
+            _SKIPPED.add("postgres")
+            pytest.skip("pgbouncer: set FLOWD_TEST_POSTGRES_URL to run the pooled cases")
+        pgbouncer.start(direct)
+        gen = fresh_database("postgres", tmp_path, migrated=migrated)
+        try:
+            yield pgbouncer.pooled_url(next(gen))
+        finally:
+            for _ in gen:
+                pass
+        return
     if kind == "sqlite":
         path = tmp_path / "flowd.db"
         if migrated:
@@ -105,7 +127,20 @@ def _drop(kind: str, admin: sa.Engine, name: str) -> None:
             c.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The PgBouncer backend runs only the tests marked `pooled`: the others' copies are deselected."""
+    keep, drop = [], []
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        through_pooler = spec is not None and any(spec.params.get(f) == "pgbouncer" for f in POOLED_FIXTURES)
+        (drop if through_pooler and item.get_closest_marker("pooled") is None else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    pgbouncer.stop()
     for kind, name in _TEMPLATES.items():
         if kind != "sqlite":
             admin = _admin(kind)
@@ -132,13 +167,13 @@ def _database(kind: str, tmp_path: Path, closers: list[Callable[[], None]], migr
         pass
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=WITH_POOLER)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path, closers: list[Callable[[], None]]) -> Iterator[str]:
     """A fresh database at the schema head on each backend (servers skipped when their URL is unset)."""
     yield from _database(request.param, tmp_path, closers, migrated=True)
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=WITH_POOLER)
 def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path, closers: list[Callable[[], None]]) -> Iterator[str]:
     """A fresh, empty database (no schema) on each backend."""
     yield from _database(request.param, tmp_path, closers, migrated=False)

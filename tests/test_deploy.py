@@ -68,7 +68,26 @@ HARDENING = {
     "ProtectControlGroups": "yes",
     "RestrictSUIDSGID": "yes",
     "LockPersonality": "yes",
+    "CapabilityBoundingSet": "",
+    "AmbientCapabilities": "",
+    "PrivateDevices": "yes",
+    "PrivateUsers": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectClock": "yes",
+    "ProtectHostname": "yes",
+    "ProtectProc": "invisible",
+    "ProcSubset": "pid",
+    "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+    "RestrictNamespaces": "yes",
+    "RestrictRealtime": "yes",
+    "SystemCallFilter": "@system-service",
+    "SystemCallErrorNumber": "EPERM",
+    "SystemCallArchitectures": "native",
+    "UMask": "0077",
 }
+# a worker must reach its database server and may run handlers that build code at run time
+NOT_SET = ("PrivateNetwork", "IPAddressDeny", "IPAddressAllow", "MemoryDenyWriteExecute")
 
 RUNTIME = {
     "EnvironmentFile": "/etc/flowd/flowd.env",
@@ -104,6 +123,34 @@ def test_worker_unit__runs_unprivileged_in_its_state_directory(worker: Unit) -> 
 def test_worker_unit__is_hardened(worker: Unit) -> None:
     for key, expected in HARDENING.items():
         assert value(worker, "Service", key) == expected, key
+    assert not [key for key in NOT_SET if key in worker["Service"]]
+
+
+def _offline_security_supported() -> bool:
+    if shutil.which("systemd-analyze") is None:
+        return False
+    probe = subprocess.run(
+        ["systemd-analyze", "security", "--help"], capture_output=True, text=True, timeout=30, check=False
+    )
+    return "--offline" in probe.stdout
+
+
+@pytest.mark.skipif(not _offline_security_supported(), reason="systemd-analyze security --offline unavailable")
+@pytest.mark.parametrize("name", ["flowd-worker@.service", "flowd-retention.service"])
+def test_units__score_ok_in_systemd_analyze_security(name: str) -> None:
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(SYSTEMD / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_COLORS": "0"},
+        check=False,
+    )
+    found = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?) (\w+)", proc.stdout + proc.stderr)
+    assert found, proc.stdout + proc.stderr
+    score, verdict = float(found[1]), found[2]
+    # systemd's scale: 0-1 "SAFE", up to 4 "OK", then MEDIUM, EXPOSED and UNSAFE
+    assert score <= 4.0 and verdict in ("SAFE", "OK"), (score, verdict)
 
 
 def test_worker_unit__is_enabled_for_multi_user_boot(worker: Unit) -> None:
@@ -236,3 +283,101 @@ def test_guide__names_only_deployment_paths() -> None:
     paths = re.findall(r"(?<![\w.:/])(/[a-z][\w.@*-]*(?:/[\w.@*-]+)*)", guide)
     unexpected = sorted({p for p in paths if not p.startswith(allowed)})
     assert not unexpected, f"deploy/README.md names paths outside the deployment layout: {unexpected}"
+
+
+def _env_file_with_the_json_example(tmp_path: Path) -> tuple[Path, str]:
+    """deploy/flowd.env with its FLOWD_CONSTRAINTS example switched on, and that JSON."""
+    text = (DEPLOY / "flowd.env").read_text()
+    (example,) = re.findall(r"^#\s+FLOWD_CONSTRAINTS=(\{.*\})$", text, re.M)
+    text = text.replace("#FLOWD_CONSTRAINTS=\n", f"FLOWD_CONSTRAINTS={example}\n")
+    # a password a shell would expand, and a quoted value with spaces
+    text += 'FLOWD_POD_ID="pod a"\nFLOWD_DB_URL=postgresql+psycopg://flowd:pa$$word@db/flowd\n'
+    path = tmp_path / "flowd.env"
+    path.write_text(text)
+    return path, example
+
+
+def test_env_file__read_as_systemd_does_keeps_the_json_example_whole(tmp_path: Path) -> None:
+    import json
+
+    from flowd.envfile import parse
+
+    path, example = _env_file_with_the_json_example(tmp_path)
+    env = parse(path.read_text())
+    assert json.loads(env["FLOWD_CONSTRAINTS"]) == json.loads(example)
+    assert env["FLOWD_POD_ID"] == "pod a"
+    assert env["FLOWD_DB_URL"] == "postgresql+psycopg://flowd:pa$$word@db/flowd"
+    assert env["FLOWD_LOG_FORMAT"] == "json"
+    assert not [k for k in env if not k.startswith("FLOWD_")], "comment lines are not variables"
+    # what the old wrapper did: a shell splits the JSON into words and fails
+    sh = subprocess.run(
+        ["sh", "-c", f'set -a; . "{path}"; printf %s "$FLOWD_CONSTRAINTS"'],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert sh.returncode != 0 or sh.stdout != example
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("A=1\n", {"A": "1"}),
+        ("  B = spaced value   \n", {"B": "spaced value"}),
+        ("# A=1\n; B=2\n", {}),
+        ('C="q \\"x\\" \\$HOME"\n', {"C": 'q "x" $HOME'}),
+        ("D='lit $x \\n'\n", {"D": "lit $x \\n"}),
+        ("E=a\\\nb\n", {"E": "ab"}),
+        ("F=abc # kept\n", {"F": "abc # kept"}),
+        ('G="multi\nline"\n', {"G": "multi\nline"}),
+        ("H=\nno equals sign\nbad-name=1\nI=last", {"H": "", "I": "last"}),
+    ],
+)
+def test_env_file__systemd_syntax(text: str, expected: dict[str, str]) -> None:
+    from flowd.envfile import parse
+
+    assert parse(text, warn=False) == expected
+
+
+def test_flowd_admin__runs_flowd_with_the_env_file_read_as_systemd_does(tmp_path: Path) -> None:
+    """The shipped wrapper, with its paths pointed at a scratch layout (runuser aside)."""
+    import json
+    import sys
+
+    env_file, example = _env_file_with_the_json_example(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    fake_flowd = tmp_path / "flowd"
+    fake_flowd.write_text(
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        "print(json.dumps({'cwd': os.getcwd(), 'argv': sys.argv[1:], 'env': dict(os.environ)}))\n"
+    )
+    fake_flowd.chmod(0o755)
+    wrapper = (DEPLOY / "flowd-admin").read_text()
+    for real, scratch in (
+        ("runuser -u flowd -- ", ""),
+        ("/opt/flowd/bin/python", sys.executable),
+        ("/etc/flowd/flowd.env", str(env_file)),
+        ("/usr/local/bin/flowd", str(fake_flowd)),
+        ("/var/lib/flowd", str(state)),
+    ):
+        assert real in wrapper, real
+        wrapper = wrapper.replace(real, scratch)
+    script = tmp_path / "flowd-admin"
+    script.write_text(wrapper)
+    root = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run(
+        ["sh", str(script), "list", "--status", "running"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": root},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    assert seen["argv"] == ["list", "--status", "running"] and seen["cwd"] == str(state)
+    assert json.loads(seen["env"]["FLOWD_CONSTRAINTS"]) == json.loads(example)
+    assert seen["env"]["FLOWD_DB_URL"] == "postgresql+psycopg://flowd:pa$$word@db/flowd"
+    assert seen["env"]["FLOWD_HANDLERS_DIR"] == "/etc/flowd/handlers"

@@ -77,3 +77,85 @@ def test_missing_or_broken_config_file__refused(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("timeout = [\n")
     with pytest.raises(BadInput, match="not valid TOML"):
         load_settings(tmp_path / "bad.toml")
+
+
+DURATIONS = [
+    "retry_interval",
+    "timeout",
+    "task_heartbeat_interval",
+    "task_heartbeat_timeout",
+    "worker_heartbeat_interval",
+    "worker_heartbeat_timeout",
+    "retention_expire_time",
+    "retention_interval",
+    "shutdown_grace",
+    "priority_aging",
+]
+
+
+@pytest.mark.parametrize("key", DURATIONS)
+@pytest.mark.parametrize("value", ["1e300", "3e11", "inf"])
+def test_durations__past_ten_years_refused_from_flags_env_and_toml(
+    key: str, value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(BadInput, match=key):
+        load_settings(**{key: float(value)})
+    monkeypatch.setenv(f"FLOWD_{key.upper()}", value)
+    with pytest.raises(BadInput, match=key):
+        load_settings()
+    monkeypatch.delenv(f"FLOWD_{key.upper()}")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"{key} = {value}\n")
+    with pytest.raises(BadInput, match=key):
+        load_settings(cfg)
+    assert getattr(load_settings(**{key: 315_360_000}), key) == 315_360_000
+
+
+def test_byte_caps__max_payload_bytes_defaults_to_1_mib_and_is_bounded() -> None:
+    assert load_settings().max_payload_bytes == 1_048_576
+    for key in ("max_payload_bytes", "max_result_bytes"):
+        with pytest.raises(BadInput, match=key):
+            load_settings(**{key: 0})
+        with pytest.raises(BadInput, match=key):
+            load_settings(**{key: 2**30 + 1})
+
+
+def test_unknown_toml_key__refused_naming_the_closest(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("max_concurent_tasks = 5\n")
+    with pytest.raises(
+        BadInput, match="unknown setting 'max_concurent_tasks' \\(did you mean 'max_concurrent_tasks'\\?\\)"
+    ):
+        load_settings(cfg)
+    cfg.write_text("zzzzzzzz = 1\n")
+    with pytest.raises(BadInput, match="zzzzzzzz"):
+        load_settings(cfg)
+
+
+def test_unknown_env__names_the_closest_setting_and_spares_documented_variables() -> None:
+    from flowd.settings import unknown_env
+
+    env = {
+        "FLOWD_DATABASE_URL": "x",
+        "FLOWD_DB_URL": "x",
+        "FLOWD_CONFIG": "x",
+        "FLOWD_DEBUG": "1",
+        "FLOWD_TEST_POSTGRES_URL": "x",
+        "FLOWD_TEST_MYSQL_URL": "x",
+        "PATH": "/bin",
+    }
+    [message] = unknown_env(env)
+    assert "FLOWD_DATABASE_URL" in message and "did you mean FLOWD_DB_URL?" in message
+
+
+def test_db_pooling_settings__words_bools_and_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert (s.db_pooled, s.db_pool_size, s.db_listen_url) == ("auto", 1, None)
+    monkeypatch.setenv("FLOWD_DB_POOLED", "TRUE")
+    monkeypatch.setenv("FLOWD_DB_LISTEN_URL", "postgresql+psycopg://flowd@db:5432/flowd")
+    s = load_settings()
+    assert s.db_pooled == "true" and s.db_listen_url == "postgresql+psycopg://flowd@db:5432/flowd"
+    assert load_settings(db_pooled=False).db_pooled == "false"
+    for bad in ({"db_pool_size": 0}, {"db_pooled": "sometimes"}):
+        with pytest.raises(BadInput):
+            load_settings(**bad)

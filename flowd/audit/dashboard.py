@@ -111,3 +111,39 @@ def snapshot(
             for e in failures
         ],
     }
+
+
+def overview(db: Database, now: datetime, *, minutes: int = 15, cron_limit: int = 100) -> dict[str, Any]:
+    """The web overview as one plain dict: counts by status, attempts ended a minute over the
+    last `minutes`, the oldest due pending task, active workers, cron schedules and their next run."""
+    from flowd.rules.shapes import task_json, worker_json
+    from flowd.store.tasks import TaskFilter
+
+    since = after(now, -60.0 * minutes)
+    with db.read() as conn:
+        depth = task_store.queue_depth(conn)
+        ended = event_store.ended_per_bucket(conn, [e.value for e in ENDED], since, 60_000)
+        oldest = task_store.oldest_due(conn, now)
+        workers = worker_store.query(conn, task_store.running_counts(conn), "active", 100, 0).items
+        crons = task_store.query(conn, TaskFilter(type="cron"), cron_limit, 0, "asc").items
+    counts: dict[str, int] = {}
+    for _name, status, n in depth:
+        counts[status] = counts.get(status, 0) + n
+    completed = [0] * minutes
+    failed = [0] * minutes
+    failed_types = {e.value for e in FAILED}
+    for start_ms, event_type, n in ended:
+        i = min(max(start_ms // 60_000, 0), minutes - 1)
+        (failed if event_type in failed_types else completed)[i] += n
+    return {
+        "generated_at": iso(now),
+        "status_counts": dict(sorted(counts.items())),
+        "total": sum(counts.values()),
+        # per minute, oldest first; "completed" counts every good end of an attempt
+        "throughput": {"minutes": minutes, "completed": completed, "failed": failed},
+        "oldest_due": None
+        if oldest is None
+        else {**task_json(oldest), "waiting_seconds": seconds_between(oldest.next_run_time, now)},
+        "workers": [worker_json(w) for w in workers],
+        "cron": [task_json(t) for t in crons],
+    }

@@ -31,6 +31,9 @@ HANDLER = "bench"
 # one-at-a-time samples: enough for a p99, short enough for `make bench`
 LATENCY_SAMPLES = 200
 SINGLE_MAX = 1000
+# seconds the idle fleet is watched; submits whose CPU cost is measured on the idle fleet
+IDLE_WINDOW = 3.0
+SUBMIT_COST_SAMPLES = 20
 
 # update(what, done, total): a phase's progress (the CLI draws it)
 Update = Callable[[str, int, int | None], None]
@@ -55,6 +58,8 @@ class BenchConfig:
     history: int = 0
     skip: frozenset[str] = field(default_factory=frozenset)
     timeout: float = 600.0
+    # a direct server URL for the workers' LISTEN when `db_url` goes through a pooler
+    listen_db: str | None = None
 
 
 def standard_set(env: dict[str, str]) -> list[BenchConfig]:
@@ -154,6 +159,19 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _server_cpu_seconds(pids: list[int]) -> float:
+    """CPU time so far of these PostgreSQL server processes (those still alive)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() not in ("postgres", "postmaster"):
+                continue
+        except OSError:
+            continue
+        total += _cpu_seconds(pid) or 0.0
+    return total
+
+
 @contextlib.contextmanager
 def _database(cfg: BenchConfig, tmp: Path) -> Iterator[tuple[str, str]]:
     """(url, backend) of a fresh database; a server database is dropped afterwards."""
@@ -174,14 +192,22 @@ def _database(cfg: BenchConfig, tmp: Path) -> Iterator[tuple[str, str]]:
 class Fleet:
     """The bench's `flowd worker` processes."""
 
-    def __init__(self, url: str, plugins: Path, tmp: Path, workers: int, concurrency: int) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("FLOWD_DB_URL", "FLOWD_HANDLERS_DIR")}
+    def __init__(
+        self, url: str, plugins: Path, tmp: Path, workers: int, concurrency: int, listen_url: str | None = None
+    ) -> None:
+        drop = ("FLOWD_DB_URL", "FLOWD_HANDLERS_DIR", "FLOWD_DB_LISTEN_URL")
+        env = {k: v for k, v in os.environ.items() if k not in drop}
+        if listen_url:
+            env["FLOWD_DB_LISTEN_URL"] = listen_url
+        # the URL (and its password) goes through the environment, never argv: a command
+        # line is visible to every local user in `ps`, a process's environment only to its owner
+        env["FLOWD_DB_URL"] = url
         # per-task info lines would measure the log sink, not flowd; warnings still show
         env.setdefault("FLOWD_LOG_LEVEL", "warning")
         self.logs = [tmp / f"worker{i}.log" for i in range(workers)]
         self.procs: list[subprocess.Popen[bytes]] = []
         for i, log in enumerate(self.logs):
-            cmd = [sys.executable, "-m", "flowd", "worker", "--db", url, "--handlers", str(plugins)]
+            cmd = [sys.executable, "-m", "flowd", "worker", "--handlers", str(plugins)]
             cmd += ["--no-reload", "--concurrency", str(concurrency), "--pod-id", f"bench-{i}"]
             with open(log, "wb") as fh:
                 self.procs.append(
@@ -199,13 +225,20 @@ class Fleet:
         known = [k for k in peaks if k is not None]
         return round(max(known) / 1024.0, 1) if known else None
 
-    def idle_cpu_percent(self, seconds: float) -> float | None:
-        """The busiest worker's CPU use over `seconds` with nothing to do, in % of one core."""
-        before = [_cpu_seconds(p.pid) for p in self.procs]
+    def cpu_seconds(self) -> list[float | None]:
+        return [_cpu_seconds(p.pid) for p in self.procs]
+
+    def idle_cpu(self, seconds: float, server_pids: list[int]) -> tuple[float | None, float | None, float | None]:
+        """Over `seconds` with nothing to do, in % of one core: (the busiest worker, the whole
+        fleet, the server backends `server_pids`; None without any)."""
+        before, server_before = self.cpu_seconds(), _server_cpu_seconds(server_pids)
         time.sleep(seconds)
-        after = [_cpu_seconds(p.pid) for p in self.procs]
+        after, server_after = self.cpu_seconds(), _server_cpu_seconds(server_pids)
         used = [a - b for a, b in zip(after, before, strict=True) if a is not None and b is not None]
-        return round(max(used) / seconds * 100.0, 2) if used else None
+        if not used:
+            return None, None, None
+        server = round((server_after - server_before) / seconds * 100.0, 2) if server_pids else None
+        return round(max(used) / seconds * 100.0, 2), round(sum(used) / seconds * 100.0, 2), server
 
     def stop(self) -> None:
         for p in self.procs:
@@ -242,6 +275,19 @@ def _wait_done(m: TaskManager, fleet: Fleet, after_id: int, total: int, deadline
         time.sleep(0.05)
 
 
+def _wait_registered(m: TaskManager, fleet: Fleet, workers: int, deadline: float, say: Update) -> None:
+    """Poll the worker registry until all `workers` have registered (their start-up is done)."""
+    while True:
+        live = m.workers("active", limit=1).total
+        say("fleet start", live, workers)
+        if live >= workers:
+            return
+        fleet.check_alive()
+        if time.monotonic() > deadline:
+            raise BenchFailed(f"{live} of {workers} workers registered before the bench timeout")
+        time.sleep(0.2)
+
+
 def run(cfg: BenchConfig, update: Update | None = None) -> dict[str, Any]:
     """Run the benchmark and return its figures (one JSON-ready document)."""
     check(cfg)
@@ -267,17 +313,23 @@ def run(cfg: BenchConfig, update: Update | None = None) -> dict[str, Any]:
             with m.db.read() as conn:
                 first_id = bench_store.max_task_id(conn)
 
-            say("bulk enqueue", 0, cfg.tasks)
-            t0 = time.perf_counter()
-            ids = m.submit_many([(HANDLER, payload)] * cfg.tasks)
-            bulk_s = time.perf_counter() - t0
-            last_id = max(ids)
-
-            fleet = Fleet(url, plugins, tmp, cfg.workers, cfg.concurrency)
+            listen_url = bench_store.same_database_on(cfg.listen_db, url) if cfg.listen_db else None
+            fleet = Fleet(url, plugins, tmp, cfg.workers, cfg.concurrency, listen_url)
             try:
+                # the whole fleet is up and idle before the work arrives: every worker has the
+                # same chance at it (a queue filled before the start goes to the first-started)
+                _wait_registered(m, fleet, cfg.workers, deadline, say)
+                say("bulk enqueue", 0, cfg.tasks)
+                t0 = time.perf_counter()
+                ids = m.submit_many([(HANDLER, payload)] * cfg.tasks)
+                bulk_s = time.perf_counter() - t0
+                last_id = max(ids)
                 _wait_done(m, fleet, first_id, cfg.tasks, deadline, say)
                 with m.db.read() as conn:
                     n, first, last = bench_store.attempt_span(conn, first_id, last_id)
+                    per_worker = bench_store.attempts_per_worker(conn, first_id, last_id)
+                # every worker counts, those that claimed nothing too
+                per_worker += [0] * max(0, cfg.workers - len(per_worker))
                 span = (last - first).total_seconds() if first and last else 0.0
                 # millisecond timestamps: a span under 1 ms is reported as 1 ms
                 process_per_s = n / max(span, 0.001)
@@ -292,7 +344,10 @@ def run(cfg: BenchConfig, update: Update | None = None) -> dict[str, Any]:
                     single_per_s = count / (time.perf_counter() - t0)
                     _wait_done(m, fleet, last_id, count, deadline, say)
 
-                idle_cpu = fleet.idle_cpu_percent(2.0)
+                with m.db.read() as conn:
+                    server_pids = bench_store.server_backend_pids(conn) if bench_store.is_local_postgres(url) else []
+                idle_cpu, fleet_idle_cpu, server_idle_cpu = fleet.idle_cpu(IDLE_WINDOW, server_pids)
+                submit_cost = _submit_cost(m, fleet, server_pids, payload, deadline, say)
 
                 latency: dict[str, float | None] = {"p50": None, "p95": None, "p99": None}
                 if "latency" not in cfg.skip:
@@ -318,6 +373,14 @@ def run(cfg: BenchConfig, update: Update | None = None) -> dict[str, Any]:
         "latency_ms": latency,
         "worker_rss_mb": rss,
         "worker_idle_cpu_percent": idle_cpu,
+        "fleet_idle_cpu_percent": fleet_idle_cpu,
+        "server_idle_cpu_percent": server_idle_cpu,
+        "claims_per_worker": {
+            "min": min(per_worker),
+            "median": statistics.median(per_worker),
+            "max": max(per_worker),
+        },
+        "submit_cpu_ms": submit_cost,
     }
 
 
@@ -370,3 +433,46 @@ def _latency(
             time.sleep(0.002)
     with m.db.read() as conn:
         return bench_store.start_latencies_ms(conn, ids)
+
+
+def _submit_cost(
+    m: TaskManager, fleet: Fleet, server_pids: list[int], payload: dict[str, Any], deadline: float, say: Update
+) -> dict[str, float | None]:
+    """CPU milliseconds one submit costs an idle fleet: the workers together and the server's
+    backends (None when the server is not on this machine), beyond their idle use.
+
+    Submits one task at a time, each after the previous one started, with a pause between
+    so the fleet is idle again; the idle use over the same time is subtracted. On PostgreSQL
+    every idle listener wakes on a submit's NOTIFY: this is what the fleet pays for it.
+    """
+    gap = 0.2
+    window = SUBMIT_COST_SAMPLES * gap
+    _, fleet_idle, server_idle = fleet.idle_cpu(window, server_pids)
+    before, server_before = fleet.cpu_seconds(), _server_cpu_seconds(server_pids)
+    t0 = time.monotonic()
+    for i in range(SUBMIT_COST_SAMPLES):
+        say("submit cost", i, SUBMIT_COST_SAMPLES)
+        tid = m.submit(HANDLER, payload)
+        while True:
+            with m.db.read() as conn:
+                if bench_store.started(conn, tid):
+                    break
+            fleet.check_alive()
+            if time.monotonic() > deadline:
+                raise BenchFailed(f"task {tid} did not start before the bench timeout")
+            time.sleep(0.005)
+        time.sleep(gap)
+    elapsed = time.monotonic() - t0
+    after, server_after = fleet.cpu_seconds(), _server_cpu_seconds(server_pids)
+    used = sum(a - b for a, b in zip(after, before, strict=True) if a is not None and b is not None)
+
+    def per_submit(total: float, idle_percent: float | None) -> float | None:
+        if idle_percent is None:
+            return None
+        extra = total - idle_percent / 100.0 * elapsed
+        return round(max(extra, 0.0) / SUBMIT_COST_SAMPLES * 1000.0, 2)
+
+    return {
+        "fleet": per_submit(used, fleet_idle),
+        "server": per_submit(server_after - server_before, server_idle) if server_pids else None,
+    }

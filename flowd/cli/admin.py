@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
     ) -> None:
         """Run the worker daemon in the foreground until SIGTERM/SIGINT."""
-        from flowd.logging import configure
+        from flowd.logging import capture_output, configure
 
         m = manager(
             db,
@@ -83,6 +83,10 @@ def register(app: typer.Typer) -> None:
             metrics_host=metrics_host,
         )
         configure(m.settings.log_format, m.settings.log_level)
+        if capture_output():
+            # JSON logs: what plugins and handlers print becomes log records, one JSON
+            # object a line on stderr (stdout is captured too, so no redirect is needed)
+            m.import_output = None
         m.run_worker()
 
     @app.command()
@@ -155,7 +159,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def top(
         once: Annotated[bool, typer.Option("--once", help="draw one frame and exit")] = False,
-        interval: Annotated[float, typer.Option("--interval", help="seconds between refreshes", min=0.1)] = 1.0,
+        interval: Annotated[
+            float, typer.Option("--interval", help="seconds between refreshes", min=0.1, max=3600)
+        ] = 1.0,
         json_: JsonOpt = False,
         db: DbOpt = None,
         config: ConfigOpt = None,

@@ -7,12 +7,12 @@ import sys
 
 import typer
 
-from flowd.cli import admin, audit, tasks
+from flowd.cli import admin, audit, tasks, web
 from flowd.cli import bench as bench_cmd
 from flowd.cli.audit import audit_app
 from flowd.cli.flows import flow_app
 from flowd.cli.flows import register as register_flows
-from flowd.errors import FlowdError
+from flowd.errors import BadInput, FlowdError, describe
 
 app = typer.Typer(
     name="flowd",
@@ -26,6 +26,7 @@ tasks.register(app)
 admin.register(app)
 audit.register(app)
 bench_cmd.register(app)
+web.register(app)
 register_flows(app)
 app.add_typer(audit_app, name="audit")
 app.add_typer(admin.db_app, name="db")
@@ -45,12 +46,17 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
 ) -> None:
     """Durable tasks, cron and workflows on your database."""
-    from flowd.logging import configure
+    from flowd.logging import configure, get_logger
 
     # here rather than in main(): `flowd --help` never loads structlog. stdout is for
     # command output only (one JSON document with --json): logs go to stderr, and only
     # warnings for commands other than the worker (which reconfigures its level)
     configure(os.environ.get("FLOWD_LOG_FORMAT") or None, "warning", defer=True)
+    if any(k.startswith("FLOWD_") for k in os.environ):
+        from flowd.settings import unknown_env
+
+        for message in unknown_env():
+            get_logger("flowd.settings").warning("unknown_environment_variable", message=message)
 
 
 def abort(message: str, code: int) -> None:
@@ -59,10 +65,21 @@ def abort(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _check_argv(args: list[str]) -> None:
+    """Refuse an argument that is not valid text (bytes the locale could not decode arrive as
+    lone surrogates): no database, file or terminal could take it."""
+    for i, arg in enumerate(args, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadInput(f"argument {i} is not valid UTF-8 text: pass text in the UTF-8 encoding") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: every error is one line on stderr and an exit code."""
     command = typer.main.get_command(app)
     try:
+        _check_argv(sys.argv[1:] if argv is None else argv)
         rv = command.main(args=argv, prog_name="flowd", standalone_mode=False)
     except FlowdError as e:
         if os.environ.get("FLOWD_DEBUG") == "1":
@@ -85,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
             abort(e.format_message().replace("\n", " ") + hint, int(e.exit_code))
         if os.environ.get("FLOWD_DEBUG") == "1":
             raise
-        abort(f"{type(e).__name__}: {e} (set FLOWD_DEBUG=1 for a traceback)", 1)
+        # one line, never SQL text or bound parameters (payloads may hold secrets)
+        abort(f"{describe(e)} (set FLOWD_DEBUG=1 for a traceback)", 1)
     if isinstance(rv, int) and rv:
         sys.exit(rv)
 

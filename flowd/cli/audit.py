@@ -8,6 +8,7 @@ import typer
 
 from flowd.cli.common import ConfigOpt, DbOpt, JsonOpt, manager, parse_time
 from flowd.errors import BadInput
+from flowd.limits import MAX_SECONDS
 
 audit_app = typer.Typer(help="Read the audit trail of a task or a workflow.", no_args_is_help=True)
 
@@ -98,8 +99,8 @@ def register(app: typer.Typer) -> None:
         from flowd.cli import render, render_audit
         from flowd.rules.shapes import event_json
 
-        if interval <= 0:
-            raise BadInput(f"--interval must be positive seconds, not {interval:g}")
+        if not 0 < interval <= MAX_SECONDS:
+            raise BadInput(f"--interval must be positive seconds, at most {MAX_SECONDS:.0f}, not {interval:g}")
         m = manager(db, config)
         batch = m.events(limit=limit, task_id=task, root_id=workflow, name=name)
         last = 0

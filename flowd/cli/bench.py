@@ -16,6 +16,12 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option("--db", help="server URL to create a scratch database on [default: a temporary SQLite file]"),
         ] = None,
+        listen_db: Annotated[
+            str | None,
+            typer.Option(
+                "--listen-db", help="a direct server URL for the workers' LISTEN when --db goes through a pooler"
+            ),
+        ] = None,
         tasks: Annotated[int, typer.Option("--tasks", help="tasks to enqueue in bulk and process")] = 10_000,
         workers: Annotated[int, typer.Option("--workers", help="`flowd worker` processes")] = 1,
         concurrency: Annotated[int, typer.Option("--concurrency", help="attempts at once per worker")] = 10,
@@ -39,16 +45,18 @@ def register(app: typer.Typer) -> None:
 
         from flowd.bench.run import BenchConfig, parse_skip, run_median, standard_set
         from flowd.cli import render
+        from flowd.urls import mask_url
 
         if standard:
             docs = []
             for cfg in standard_set(dict(os.environ)):
-                with render.phases(cfg.db_url or "sqlite", quiet=json_) as update:
+                with render.phases(mask_url(cfg.db_url or "sqlite"), quiet=json_) as update:
                     docs.append(run_median(cfg, 3 if runs is None else runs, update))
             render.emit_json(docs) if json_ else render.bench_table(docs)
             return
         cfg = BenchConfig(
             db_url=db,
+            listen_db=listen_db,
             tasks=tasks,
             workers=workers,
             concurrency=concurrency,

@@ -35,19 +35,28 @@ def parse_payload(text: str | None) -> dict[str, Any]:
         return {}
     source = "payload"
     if text == "-":
-        text = sys.stdin.read()
         source = "payload from stdin"
+        try:
+            text = sys.stdin.buffer.read().decode("utf-8") if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+        except UnicodeDecodeError as e:
+            raise BadInput(f"{source} is not UTF-8 text (byte {e.start}): send JSON encoded in UTF-8") from e
     elif text.startswith("@"):
         path = Path(text[1:])
+        source = f"payload file {path}"
         try:
-            text = path.read_text()
+            text = path.read_bytes().decode("utf-8")
         except OSError as e:
             raise BadInput(f"cannot read payload file {path}: {e.strerror}") from e
-        source = f"payload file {path}"
+        except UnicodeDecodeError as e:
+            raise BadInput(f"{source} is not UTF-8 text (byte {e.start}): save it in UTF-8") from e
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
         raise BadInput(f"{source} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from e
+    except RecursionError as e:
+        raise BadInput(f"{source} is nested too deeply to be read") from e
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise BadInput(f"{source} is not usable JSON: {str(e).splitlines()[0]}") from e
     if not isinstance(value, dict):
         raise BadInput(f"{source} must be a JSON object like '{{\"x\": 1}}', not {type(value).__name__}")
     return value

@@ -371,9 +371,10 @@ def kv(doc: dict[str, Any]) -> None:
 
 
 def checks(doc: dict[str, Any]) -> None:
-    """`flowd doctor`: one line per check (PASS / FAIL / SKIP), its errors indented below."""
+    """`flowd doctor`: one line per check (PASS / WARN / FAIL / SKIP), its errors indented below."""
     c = console()
     mark = {"pass": ("PASS", "green"), "fail": ("FAIL", "bold red"), "skip": ("SKIP", "dim")}
+    mark["warn"] = ("WARN", "yellow")
     for check in doc["checks"]:
         label, style = mark[check["status"]]
         # soft wrap: one check stays one line however narrow the terminal (grep-able)
@@ -419,3 +420,22 @@ def bench_table(docs: list[dict[str, Any]]) -> None:
         )
     # `make bench | tee` and CI logs: a pipe would squeeze the twelve columns to 80
     console(None if sys.stdout.isatty() else 160).print(t)
+    fleet = Table(title="the fleet: claims per worker (bulk phase); CPU idle (% of a core) and per idle submit (ms)")
+    cols = ("backend", "workers", "claims min", "median", "max", "fleet idle", "server idle", "submit: fleet", "server")
+    for col in cols:
+        fleet.add_column(col, justify="right" if col != "backend" else "left")
+    for d in docs:
+        claims = d.get("claims_per_worker") or {}
+        cost = d.get("submit_cpu_ms") or {}
+        fleet.add_row(
+            str(d["backend"]),
+            str(d["workers"]),
+            _fig(claims.get("min")),
+            _fig(claims.get("median")),
+            _fig(claims.get("max")),
+            _fig(d.get("fleet_idle_cpu_percent"), " %"),
+            _fig(d.get("server_idle_cpu_percent"), " %"),
+            _fig(cost.get("fleet"), " ms"),
+            _fig(cost.get("server"), " ms"),
+        )
+    console(None if sys.stdout.isatty() else 160).print(fleet)

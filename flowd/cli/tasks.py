@@ -1,4 +1,4 @@
-"""Task commands: submit, cron, show, list, pause, resume, cancel, delete, stats."""
+"""Task commands: submit, cron, show, list, pause, resume, retry, cancel, delete, stats."""
 
 from __future__ import annotations
 
@@ -195,6 +195,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Resume a paused, suspended, failed, timeout or permanently_failed task."""
         _control("resume", task_id, reason, json_, db, config)
+
+    @app.command()
+    def retry(
+        task_id: int, reason: Reason = None, json_: JsonOpt = False, db: DbOpt = None, config: ConfigOpt = None
+    ) -> None:
+        """Retry a failed, timeout or permanently_failed task now, with a fresh retry budget."""
+        _control("retry", task_id, reason, json_, db, config)
 
     @app.command()
     def cancel(

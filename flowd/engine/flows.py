@@ -63,6 +63,7 @@ class Resolver:
     options_of: Callable[[str], Mapping[str, Any]]
     defaults: Mapping[str, Any]
     groups: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # config constraint groups
+    max_payload_bytes: int | None = None
 
     @classmethod
     def of_registry(
@@ -71,6 +72,7 @@ class Resolver:
         defaults: Mapping[str, Any],
         groups: Mapping[str, Mapping[str, Any]],
         fleet: Callable[[str | None], Sequence[HandlerRecord]] | None = None,
+        max_payload_bytes: int | None = None,
     ) -> Resolver:
         """This worker's handlers first; a name only other live workers serve (`fleet`, the
         published catalog) resolves with their newest options: a mixed fleet may split work."""
@@ -86,7 +88,7 @@ class Resolver:
                 raise opt.InvalidInput(f"no handler named {name!r} (known: {known})")
             return options
 
-        return cls(options_of, defaults, groups)
+        return cls(options_of, defaults, groups, max_payload_bytes)
 
     def resolve(self, d: Mapping[str, Any], where: str, inherit: Inherit) -> dict[str, Any]:
         """A definition with every option resolved (JSON-ready: flows store it until its turn)."""
@@ -99,14 +101,18 @@ class Resolver:
         own = opt.check_options({k: d.get(k) for k in opt.OPTION_KEYS})
         parent = {"priority": inherit.priority} if inherit.priority is not None else {}
         resolved = opt.resolve(own, handler_options, parent, self.defaults)
-        payload = opt.check_payload(d.get("payload", {}))
+        try:
+            payload = opt.check_payload(d.get("payload", {}), self.max_payload_bytes)
+        except opt.InvalidInput as e:
+            raise opt.InvalidInput(f"{where}: {e}") from None
         labels = {**inherit.labels, **opt.check_labels(d.get("labels"))}
+        tag = d.get("tag", inherit.tag)
         keys = cons.task_keys(name, payload, labels, self.groups, handler_options)
         return {
             "name": name,
             "payload": payload,
             "priority": resolved.priority,
-            "tag": d.get("tag", inherit.tag),
+            "tag": opt.check_text("tag", tag) if tag is not None else None,
             "labels": labels,
             "constraints": [k.as_dict() for k in keys],
             "max_retries": resolved.max_retries,
@@ -169,11 +175,11 @@ def plan(
             raise opt.InvalidInput("a flow needs a join task, e.g. join={'name': 'merge'}")
         join_def = resolver.resolve(join, "join", inherit)
     if timeout is not None:
-        t = float(timeout)
-        if not t > 0:
-            raise opt.InvalidInput(f"flow timeout must be positive seconds, not {timeout!r}")
-    if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 128):
+        timeout = opt.check_seconds("flow timeout", timeout, zero_ok=False)
+    if name is not None and (not isinstance(name, str) or not name):
         raise opt.InvalidInput("flow name must be 1-128 characters")
+    if name is not None:
+        opt.check_text("flow name", name, 128)
     return FlowPlan(
         kind=kind,
         steps=resolved,

@@ -3,7 +3,8 @@
 The worker reports events through its `Observer` hook (counters and histograms, cheap
 in-memory updates on the loop thread). Gauges that need the database (queue depth) are
 read at scrape time with one grouped query, cached for `refresh` seconds, so a storm of
-scrapes costs one query per interval and an unscraped worker costs none. The only
+scrapes costs one query per interval and an unscraped worker costs none. The queue depth
+is the database's, the same on every worker: a fleet aggregates it with max(), not sum(). The only
 module that imports prometheus_client; its registry is private to each server.
 """
 
@@ -25,6 +26,7 @@ from flowd.engine import ops
 from flowd.engine.worker import Observer, Worker
 from flowd.errors import DatabaseUnavailable, FlowdError
 from flowd.logging import get_logger
+from flowd.model import QUEUE_STATUSES
 
 log = get_logger("flowd.metrics")
 
@@ -113,7 +115,7 @@ class _StateCollector(Collector):
             mono = time.monotonic()
             if self._depth_at is None or mono - self._depth_at >= self.refresh:
                 try:
-                    self._depth = ops.queue_depth(self.m.worker.db)
+                    self._depth = ops.queue_depth(self.m.worker.db, QUEUE_STATUSES)
                     self._depth_ok = True
                 except DatabaseUnavailable as e:
                     self._depth_ok = False
@@ -149,9 +151,16 @@ class _StateCollector(Collector):
 
         rows, ok = self._queue_depth()
         depth = GaugeMetricFamily(
-            "flowd_queue_depth", "Tasks in the database by name and status.", labels=["name", "status"]
+            "flowd_queue_depth",
+            "Unfinished tasks in the database by name and status (not completed or permanently_failed). "
+            "Fleet-wide: every worker reports the same figure, aggregate with max, never sum.",
+            labels=["name", "status"],
         )
-        for name, status, count in rows:
+        # the handlers this worker serves get a 0 for every queue status they have no task in:
+        # an emptied queue reads 0 rather than vanishing
+        counts = {(name, str(s)): 0 for name in w.registry.names() for s in QUEUE_STATUSES} if ok else {}
+        counts.update({(name, status): count for name, status, count in rows})
+        for (name, status), count in sorted(counts.items()):
             depth.add_metric([name, status], float(count))
         yield depth
         up = GaugeMetricFamily("flowd_database_up", "1 if the last queue-depth query succeeded.")

@@ -7,7 +7,7 @@ cancel), so a manual resume and a child's completion go through the same code.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -110,10 +110,10 @@ def due_count(db: Database, now: datetime) -> int:
         return store.due_count(conn, now)
 
 
-def queue_depth(db: Database) -> list[tuple[str, str, int]]:
-    """(name, status, count) for every name and status present."""
+def queue_depth(db: Database, statuses: Iterable[str] | None = None) -> list[tuple[str, str, int]]:
+    """(name, status, count) for every name and status present (of `statuses`, when given)."""
     with db.read() as conn:
-        return store.queue_depth(conn)
+        return store.queue_depth(conn, statuses)
 
 
 def _resume_parent_if_done(conn: Any, parent_id: int, stage: int, now: datetime, sink: Sink = None) -> bool:
@@ -268,6 +268,10 @@ def pause_task(db: Database, task_id: int, now: datetime, reason: str | None = N
 
 def resume_task(db: Database, task_id: int, now: datetime, reason: str | None = None) -> TaskRecord:
     return _manual(db, task_id, lambda t: rules.resume(t, reason, now), now)
+
+
+def retry_task(db: Database, task_id: int, now: datetime, reason: str | None = None) -> TaskRecord:
+    return _manual(db, task_id, lambda t: rules.retry(t, reason, now), now)
 
 
 def cancel_task(db: Database, task_id: int, now: datetime, reason: str | None = None) -> TaskRecord:

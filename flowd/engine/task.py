@@ -9,6 +9,7 @@ from typing import Any
 from flowd.clock import utcnow
 from flowd.engine import flows
 from flowd.errors import HandlerError, TaskTimeout
+from flowd.limits import MAX_TEXT
 from flowd.logging import get_logger
 from flowd.model import EventType, Suspension, TaskRecord, TaskStatus, TaskType
 from flowd.rules import flows as flow_rules
@@ -137,6 +138,8 @@ class Task:
             raise HandlerError(str(e)) from None
         if metadata is not None and not isinstance(metadata, Mapping):
             raise HandlerError(f"progress metadata must be a dict, not {type(metadata).__name__}")
+        if stage_name is not None and len(str(stage_name)) > MAX_TEXT:
+            raise HandlerError(f"stage_name is {len(str(stage_name))} characters long: the limit is {MAX_TEXT}")
         values: dict[str, Any] = {"heartbeat_at": self._clock()}
         if stage_name is not None:
             values["current_stage_name"] = str(stage_name)

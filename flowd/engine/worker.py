@@ -9,10 +9,10 @@ no transaction is ever open while a handler runs.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import logging
 import os
 import queue
+import random
 import socket
 import threading
 import time
@@ -31,7 +31,7 @@ from flowd.engine.hooks import HookRunner
 from flowd.engine.notify import Notifier
 from flowd.engine.runner import AsyncLoop, ThreadPool
 from flowd.engine.task import Task
-from flowd.errors import DatabaseUnavailable, TaskTimeout
+from flowd.errors import DatabaseUnavailable, TaskTimeout, describe, is_statement_error
 from flowd.logging import bind, get_logger, unbind
 from flowd.model import NewTask, SubTasks, Suspension, TaskRecord, TaskType
 from flowd.plugins import HandlerSpec, Registry
@@ -54,6 +54,12 @@ FLUSH_WINDOW = 0.002
 
 # Seconds between STATUS updates under systemd without a watchdog (with one, every ping).
 STATUS_INTERVAL = 10.0
+
+# Workers a notification wakes, on average, per task it announces (see Worker.wants_wake).
+WAKE_FANOUT = 8
+
+# Seconds between the log lines of a worker waiting at start for an unreachable database.
+START_REPORT_INTERVAL = 60.0
 
 
 def new_worker_id(pod_id: str | None) -> str:
@@ -140,6 +146,8 @@ class Worker:
         self.on_registered: Callable[[], None] | None = None
         self.notifier = Notifier()
         self._listener: Any = None
+        # workers serving handlers, refreshed with this worker's registry rows (see wants_wake)
+        self.fleet_size = 1
         self.observer = Observer()
         self.closed = False
         # when the worker last registered or renewed its lease (None: no lease held)
@@ -152,6 +160,21 @@ class Worker:
     def wake(self) -> None:
         """Look for work now (a task was submitted in this process)."""
         self._inbox.put(None)
+
+    def wants_wake(self, count: int) -> bool:
+        """Whether to answer a notification that `count` tasks became due: a lottery that wakes
+        about WAKE_FANOUT workers per task, not the whole idle fleet.
+
+        Every idle listener wakes on a NOTIFY, and each woken worker runs a claim: with 60
+        idle workers one submit cost about 60 claims (100-160 ms of the fleet's CPU and
+        40-57 ms of the server's), 59 of them finding nothing. Each worker answers with probability
+        WAKE_FANOUT * count / fleet size (the fleet as the handler registry counts it), so
+        about 8 claim; the chance that none answers is about e^-8 (0.03 %), and then the
+        next poll (`poll_interval`) or a freed slot finds the task. A fleet of up to 8
+        workers, or a batch as large as the fleet / 8, wakes everyone as before.
+        """
+        share = WAKE_FANOUT * count / max(1, self.fleet_size)
+        return share >= 1 or random.random() < share
 
     def pause(self) -> None:
         """Stop claiming; running attempts go on."""
@@ -206,9 +229,42 @@ class Worker:
         if self.on_registered is not None:
             self.on_registered()
 
+    def _start_when_reachable(self, stop_event: threading.Event | None) -> bool:
+        """`start()`, tried again with a growing pause (up to 30 s) while the database cannot be
+        reached; False when a stop came first.
+
+        A fleet started against a full server (too many clients) or before the database is up
+        waits for it: one log line at the first failure and at most one a minute after, never
+        a traceback per try.
+        """
+        pause = 0.5
+        said_at: float | None = None
+        while True:
+            try:
+                self.start()
+                return True
+            except DatabaseUnavailable as e:
+                if said_at is None or time.monotonic() - said_at >= START_REPORT_INTERVAL:
+                    said_at = time.monotonic()
+                    log.warning("database_unavailable_at_start", error=str(e), retrying="with back-off up to 30 s")
+            # a stop request (signal, request_stop) puts None in the inbox: the pause ends at once
+            try:
+                self._inbox.get(timeout=pause)
+            except queue.Empty:
+                pass
+            if self.stopping or (stop_event is not None and stop_event.is_set()):
+                return False
+            pause = min(pause * 2, 30.0)
+
     def close(self, now: datetime | None = None) -> None:
         """Hand back attempts still running, deregister, release threads."""
         now = now or self.clock()
+        if not self.started:  # never registered (the database was never reached): nothing to undo
+            self.closed = True
+            self._pool.shutdown()
+            self._async.shutdown()
+            self.hooks.close(timeout=1.0)
+            return
         # outcomes that came back during the last wait are written, not handed back
         self._drain_inbox()
         try:
@@ -292,12 +348,14 @@ class Worker:
     # -- the loop --------------------------------------------------------------------
     def run_forever(self, stop_event: threading.Event | None = None) -> None:
         """Run until `request_stop()` (or `stop_event`), then drain within the grace period."""
-        self.start()
+        if not self._start_when_reachable(stop_event):
+            self.close()
+            return
         # a submit in another process wakes the idle loop within milliseconds: LISTEN/NOTIFY
         # on PostgreSQL, a watch on the database file on SQLite (only a waiting loop needs it;
         # run_once callers drive the worker themselves)
         if self._listener is None:
-            self._listener = self.db.listen(self.wake)
+            self._listener = self.db.listen(self.wake, answer=self.wants_wake)
         drain_deadline: float | None = None
         try:
             while True:
@@ -443,16 +501,34 @@ class Worker:
         if reg.hooks and claimed:
             self._fire([ops.Written(t, ev, {}) for t in claimed for ev in rules.claimed_events(t)], now)
         for task in claimed:
-            claimed_spec = reg.get(task.name)
-            assert claimed_spec is not None
-            att = Attempt(task=task, spec=claimed_spec, deadline=after(task.started_at or now, task.timeout))
-            self.running[(task.id, task.attempt)] = att
-            self.counters.claimed += 1
-            self.observer.claimed(task.name)
-            if _std_log.isEnabledFor(logging.DEBUG):
-                log.debug("task_claimed", task_id=task.id, name=task.name, attempt=task.attempt)
-            self._launch(att)
+            try:
+                self._start_attempt(reg, task, now)
+            except Exception as e:
+                # this task cannot start (its deadline is past the calendar, …): its own attempt
+                # fails, and the rest of the batch starts as claimed
+                self._not_started(task, now, e)
         return len(claimed)
+
+    def _start_attempt(self, reg: Registry, task: TaskRecord, now: datetime) -> None:
+        claimed_spec = reg.get(task.name)
+        assert claimed_spec is not None
+        att = Attempt(task=task, spec=claimed_spec, deadline=after(task.started_at or now, task.timeout))
+        self.running[(task.id, task.attempt)] = att
+        self.counters.claimed += 1
+        self.observer.claimed(task.name)
+        if _std_log.isEnabledFor(logging.DEBUG):
+            log.debug("task_claimed", task_id=task.id, name=task.name, attempt=task.attempt)
+        self._launch(att)
+
+    def _not_started(self, task: TaskRecord, now: datetime, e: Exception) -> None:
+        """Fail the attempt of a claimed task that could not be started, like a handler that
+        raised (retried while attempts remain); its outcome is written with the others."""
+        key = (task.id, task.attempt)
+        error = f"the worker could not start this attempt: {describe(e)}"
+        log.error("task_not_started", task_id=task.id, name=task.name, attempt=task.attempt, error=error)
+        att = self.running.get(key) or Attempt(task=task, spec=HandlerSpec(task.name, _not_run), deadline=now)
+        self.running[key] = att
+        self._inbox.put((key, ops.Failure(error=error)))
 
     def _launch(self, att: Attempt) -> None:
         key = (att.task.id, att.task.attempt)
@@ -495,8 +571,14 @@ class Worker:
 
     def _failure(self, att: Attempt, e: BaseException) -> ops.Failure:
         timed_out = isinstance(e, TaskTimeout) or self.clock() >= att.deadline
-        error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        tb = "".join(traceback.format_exception(e))[-8000:]
+        if is_statement_error(e):
+            # a database error's text holds the SQL and its parameters: keep it to the debug log
+            log.debug("handler_database_error", exc_info=e)
+            error = describe(e)
+            tb = "".join(traceback.format_tb(e.__traceback__))[-8000:] + error
+        else:
+            error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            tb = "".join(traceback.format_exception(e))[-8000:]
         if not timed_out:
             log.warning("task_failed", error=error)
         return ops.Failure(error=error, traceback=tb, timed_out=timed_out, timeout_type="handler")
@@ -510,10 +592,10 @@ class Worker:
         if isinstance(value, Suspension):
             return ops.Suspend(value.reason, value.context)
         try:
-            encoded = json.dumps(value, allow_nan=False, separators=(",", ":"))
-        except (TypeError, ValueError) as e:
-            return ops.Failure(error=f"result is not JSON-serialisable: {e}")
-        size = len(encoded.encode())
+            encoded = opt.json_text("result", value)  # no lone surrogate, not too deep
+        except opt.InvalidInput as e:
+            return ops.Failure(error=str(e))
+        size = len(encoded)  # ASCII: characters are bytes
         if size > self.settings.max_result_bytes:
             return ops.Failure(
                 error=f"result is {size} bytes, over max_result_bytes={self.settings.max_result_bytes}: "
@@ -528,6 +610,7 @@ class Worker:
             task_defaults(self.settings),
             self.settings.constraints,
             fleet=lambda name: catalog.live(self.db, self.clock(), name),
+            max_payload_bytes=self.settings.max_payload_bytes,
         )
 
     def _children(self, parent: TaskRecord, subtasks: SubTasks) -> list[NewTask]:
@@ -760,6 +843,7 @@ class Worker:
                 s.worker_heartbeat_timeout,
                 now,
                 recover=self._recovery(sink),
+                standby=self.standby,
             )
             self._swept(sweep, sink, now)
             self.lease_renewed_at = now if sweep.lease_held else None
@@ -794,6 +878,14 @@ class Worker:
             self._next["handlers_hb"] = after(now, s.worker_heartbeat_interval)
         elif self._due("handlers_hb", now, s.worker_heartbeat_interval):
             catalog.renew(self.db, self.worker_id, reg, s.worker_heartbeat_timeout, now)
+        else:
+            return
+        if self._listener is not None:  # only the wake-up lottery needs it (wants_wake)
+            self.fleet_size = catalog.fleet_size(self.db, now)
+
+
+def _not_run(task: Task) -> None:
+    """The stand-in handler of an attempt that could not start (never called)."""
 
 
 def _outcome_kind(out: ops.Outcome) -> str:

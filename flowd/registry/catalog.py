@@ -57,6 +57,12 @@ def withdraw(db: Database, worker_id: str) -> None:
         store.withdraw(conn, worker_id)
 
 
+def fleet_size(db: Database, now: datetime) -> int:
+    """How many workers serve handlers now (those that published and keep renewing)."""
+    with db.read() as conn:
+        return store.live_workers(conn, now)
+
+
 def live(db: Database, now: datetime, name: str | None = None) -> list[HandlerRecord]:
     """The handlers live workers serve (all, or those of one name)."""
     with db.read() as conn:

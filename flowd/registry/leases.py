@@ -159,15 +159,27 @@ def register(
 
 
 def heartbeat(
-    db: Database, me: Identity, handlers: Sequence[str], lease: float, now: datetime, *, recover: Recovery | None
+    db: Database,
+    me: Identity,
+    handlers: Sequence[str],
+    lease: float,
+    now: datetime,
+    *,
+    recover: Recovery | None,
+    standby: bool = False,
 ) -> Sweep:
-    """Extend the lease; when it was lost, stand by while a live peer holds the pod, else re-register."""
+    """Extend the lease; when it was lost, stand by while a live peer holds the pod, else re-register.
+
+    `standby`: the worker already stands by (its last heartbeat found the lease lost), so
+    the loss is not logged again: one line per change of state, not one per heartbeat.
+    """
     with db.write() as conn:
         held = store.renew(conn, me.worker_id, now, after(now, lease), handlers)
         peer = None if held else store.active_peer_in_pod(conn, me.pod_id, me.worker_id, now)
     if not held:
         if peer is not None:
-            log.warning("worker_lease_lost", worker_id=me.worker_id, active_peer=peer)
+            if not standby:
+                log.warning("worker_lease_lost", worker_id=me.worker_id, active_peer=peer)
             sweep = _reap_and_recover(db, me, [], now, recover)
             sweep.lease_held = False
             sweep.standby = True

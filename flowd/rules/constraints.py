@@ -9,14 +9,14 @@ rendered at submit time and stored; the claim reads them, never user code.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from flowd.limits import MAX_CONCURRENT
 from flowd.model import TaskKey
-from flowd.rules.options import InvalidInput
+from flowd.rules.options import InvalidInput, check_int, check_seconds
 
 GROUP_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 MAX_KEY = 255
@@ -47,18 +47,15 @@ def constraint(
     name: str, key: str, max_concurrent: int = 1, cooldown: float = 0.0, applies_to: Iterable[str] = ()
 ) -> Constraint:
     """Declare a constraint group (validated); pass it to `@handler(..., constraints=[...])`."""
-    if not isinstance(name, str) or not GROUP_RE.match(name):
+    if not isinstance(name, str) or not GROUP_RE.fullmatch(name):
         raise InvalidInput(f"bad constraint group name {name!r}: use 1-128 letters, digits or _ . - characters")
     if not isinstance(key, str) or "{" not in key:
         raise InvalidInput(f"constraint {name!r}: key must be a template like '{{payload[domain]}}', not {key!r}")
-    if isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or max_concurrent < 1:
-        raise InvalidInput(f"constraint {name!r}: max_concurrent must be an integer >= 1, not {max_concurrent!r}")
     try:
-        cd = float(cooldown)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"constraint {name!r}: cooldown must be seconds, not {cooldown!r}") from None
-    if not math.isfinite(cd) or cd < 0:
-        raise InvalidInput(f"constraint {name!r}: cooldown must be >= 0 seconds, not {cooldown!r}")
+        check_int("max_concurrent", max_concurrent, 1, MAX_CONCURRENT)
+        cd = check_seconds("cooldown", cooldown)
+    except InvalidInput as e:
+        raise InvalidInput(f"constraint {name!r}: {e}") from None
     if isinstance(applies_to, str):
         applies_to = [applies_to]
     return Constraint(name, key, max_concurrent, cd, tuple(str(n) for n in applies_to))

@@ -9,6 +9,9 @@ from croniter import CroniterBadDateError, croniter
 
 from flowd.clock import truncate
 
+MAX_EXPR = 255  # the stored column's length
+MAX_ZONE = 64
+
 
 class CronError(ValueError):
     """A cron expression or time zone that cannot be used."""
@@ -16,6 +19,8 @@ class CronError(ValueError):
 
 def validate(expr: str) -> str:
     """Return the normalised expression or raise CronError saying what is wrong."""
+    if not isinstance(expr, str) or len(expr) > MAX_EXPR:
+        raise CronError(f"bad cron expression: use a string of at most {MAX_EXPR} characters")
     fields = expr.split()
     if len(fields) not in (5, 6):
         raise CronError(
@@ -33,6 +38,8 @@ def zone(name: str | None) -> ZoneInfo | None:
     """The ZoneInfo for `name` (None → the system's local zone)."""
     if not name:
         return None
+    if len(name) > MAX_ZONE:
+        raise CronError(f"unknown time zone: IANA names are at most {MAX_ZONE} characters")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as e:

@@ -11,8 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from flowd.limits import MAX_TEXT
 from flowd.model import FINISHED_STATUSES, FlowRecord, TaskRecord, TaskStatus
-from flowd.rules.options import InvalidInput, check_name
+from flowd.rules.options import InvalidInput, check_name, check_text
 
 POLICIES = ("continue", "abort")
 FLOW, CHAIN = "flow", "chain"
@@ -39,9 +40,9 @@ def check_entity(entity: Any) -> tuple[str, str] | None:
     if not isinstance(entity, Sequence) or len(entity) != 2:
         raise InvalidInput("entity must be a (type, id) pair")
     kind, ident = (str(x).strip() for x in entity)
-    if not kind or not ident or len(kind) > 64 or len(ident) > 255:
-        raise InvalidInput(f"bad entity {entity!r}: type (1-64 chars) and id (1-255 chars) are both required")
-    return kind, ident
+    if not kind or not ident or len(kind) > 64 or len(ident) > MAX_TEXT:
+        raise InvalidInput(f"bad entity: type (1-64 characters) and id (1-{MAX_TEXT} characters) are both required")
+    return check_text("entity type", kind), check_text("entity id", ident)
 
 
 def check_step_defs(defs: Any, what: str = "steps") -> list[dict[str, Any]]:

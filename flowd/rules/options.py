@@ -1,4 +1,8 @@
-"""Validation of what users submit, and the precedence of task options."""
+"""Validation of what users submit, and the precedence of task options.
+
+Every bound comes from `flowd.limits` (documented in the README, "Limits"): what passes
+here is a value every database stores the same way and the worker can compute with.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-CODE_RE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+from flowd.limits import (
+    MAX_CONCURRENT,
+    MAX_ID,
+    MAX_JSON_DEPTH,
+    MAX_RETRIES,
+    MAX_SECONDS,
+    MAX_TEXT,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+)
+
+NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+CODE_RE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 OPTION_KEYS = ("timeout", "max_retries", "retry_interval", "priority")
 
 
@@ -18,35 +33,134 @@ class InvalidInput(ValueError):
     """Input that flowd refuses; the message says what to fix."""
 
 
+class NotUnicode(ValueError):
+    """JSON text holding a lone surrogate: no valid Unicode text, so no database or reader takes it."""
+
+
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InvalidInput(f"bad task name {name!r}: use 1-128 letters, digits or _ . : - characters")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        shown = repr(name) if isinstance(name, str) and len(name) <= 200 else "given"
+        raise InvalidInput(f"bad task name {shown}: use 1-128 letters, digits or _ . : - characters")
     return name
 
 
-def check_payload(payload: Any) -> dict[str, Any]:
+def check_text(what: str, value: Any, max_len: int = MAX_TEXT) -> str:
+    """A short text (tag, key, label, entity id): a string of valid Unicode without NUL, at
+    most `max_len` characters. The value is never echoed: it may be long or secret."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be a string, not {type(value).__name__}")
+    if len(value) > max_len:
+        raise InvalidInput(f"{what} is {len(value)} characters long: the limit is {max_len}")
+    if "\0" in value:
+        raise InvalidInput(f"{what} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} is not valid Unicode text (a lone surrogate or undecodable byte)") from None
+    return value
+
+
+def check_id(value: Any, what: str = "task id") -> int:
+    """An id as every database stores it: a whole number from 1 to 2**63 - 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ID:
+        raise InvalidInput(f"{what} must be a whole number from 1 to {MAX_ID}, not {_short(value)}")
+    return value
+
+
+def check_int(what: str, value: Any, lo: int, hi: int) -> int:
+    """An integer option within [lo, hi] (a bool is not an integer here)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{what} must be an integer, not {_short(value)}")
+    if not lo <= value <= hi:
+        raise InvalidInput(f"{what} must be from {lo} to {hi}, not {_short(value)}")
+    return value
+
+
+def check_seconds(what: str, value: Any, *, zero_ok: bool = True) -> float:
+    """A duration in seconds: finite, >= 0 (> 0 unless `zero_ok`), at most ten years."""
+    f = _finite(what, value)
+    low_ok = f >= 0 if zero_ok else f > 0
+    if not low_ok or f > MAX_SECONDS:
+        low = ">= 0" if zero_ok else "> 0"
+        raise InvalidInput(f"{what} must be {low} and at most {MAX_SECONDS:.0f} seconds (ten years), not {value!r}")
+    return f
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_payload(payload: Any, max_bytes: int | None = None) -> dict[str, Any]:
     if payload is None:
         return {}
-    payload_json(payload)
+    payload_json(payload, max_bytes)
     checked: dict[str, Any] = payload
     return checked
 
 
-def payload_json(payload: Any) -> str:
-    """The payload's stored JSON text; refuses what is not a JSON object."""
+def payload_json(payload: Any, max_bytes: int | None = None) -> str:
+    """The payload's stored JSON text; refuses what is not a JSON object, or is larger than
+    `max_bytes` (the `max_payload_bytes` setting), or nested deeper than MAX_JSON_DEPTH."""
     if payload is None:
         return "{}"
     if not isinstance(payload, dict):
         raise InvalidInput(f"payload must be a JSON object, not {type(payload).__name__}")
+    text = json_text("payload", payload)
+    if max_bytes is not None and len(text) > max_bytes:
+        raise InvalidInput(
+            f"payload is {len(text)} bytes, over max_payload_bytes={max_bytes}: "
+            "store large data elsewhere and pass a reference"
+        )
+    return text
+
+
+def json_text(what: str, value: Any) -> str:
+    """`value` as stored JSON text, or InvalidInput saying why it cannot be (never echoing it)."""
     try:
-        return dump_json(payload)
+        text = dump_json(value)
+    except RecursionError:
+        raise InvalidInput(f"{what} is nested too deeply (the limit is {MAX_JSON_DEPTH} levels)") from None
+    except NotUnicode as e:
+        raise InvalidInput(f"{what} {e}") from None
     except (TypeError, ValueError) as e:
-        raise InvalidInput(f"payload is not JSON-serialisable: {e}") from e
+        raise InvalidInput(f"{what} is not JSON-serialisable: {e}") from e
+    # only text with that many brackets can be that deep: the walk is skipped otherwise
+    if text.count("{") + text.count("[") > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
+        raise InvalidInput(f"{what} is nested too deeply (the limit is {MAX_JSON_DEPTH} levels)")
+    return text
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            items: Any = v.values()
+        elif isinstance(v, list | tuple):
+            items = v
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((x, depth + 1) for x in items)
+    return False
 
 
 def dump_json(value: Any) -> str:
-    """JSON text as flowd stores it: compact, no NaN or infinity."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    """JSON text as flowd stores it: compact ASCII, no NaN or infinity, no lone surrogate.
+
+    A lone surrogate (`"\\ud800"`) is not Unicode text: stored, it would break every later
+    reader that prints or re-encodes it (`list --json`), so it is refused here.
+    """
+    text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    if "\\ud" in text:
+        # rare: only then is the value encoded again to find a lone surrogate
+        try:
+            json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise NotUnicode("contains a lone surrogate (\\ud800-\\udfff), which is not valid Unicode text") from None
+    return text
 
 
 def check_labels(labels: Mapping[str, Any] | None) -> dict[str, str]:
@@ -57,8 +171,9 @@ def check_labels(labels: Mapping[str, Any] | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in labels.items():
         if not isinstance(k, str) or not k:
-            raise InvalidInput(f"bad label key {k!r}")
-        out[k] = str(v)
+            raise InvalidInput(f"bad label key {_short(k)}")
+        check_text("label key", k)
+        out[k] = check_text(f"label {k!r}", str(v))
     return out
 
 
@@ -89,23 +204,14 @@ def check_options(opts: Mapping[str, Any]) -> dict[str, Any]:
         if value is None:
             continue
         if key == "timeout":
-            t = _finite("timeout", value)
-            if t <= 0:
-                raise InvalidInput(f"timeout must be positive seconds, not {value!r}")
-            out[key] = t
+            out[key] = check_seconds("timeout", value, zero_ok=False)
         elif key == "retry_interval":
-            r = _finite("retry_interval", value)
-            if r < 0:
-                raise InvalidInput(f"retry_interval must be >= 0 seconds, not {value!r}")
-            out[key] = r
+            out[key] = check_seconds("retry_interval", value)
         elif key == "max_retries":
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidInput(f"max_retries counts total attempts and must be an integer >= 1, not {value!r}")
-            out[key] = value
+            # counts total attempts, the first included
+            out[key] = check_int("max_retries", value, 1, MAX_RETRIES)
         elif key == "priority":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise InvalidInput(f"priority must be an integer, not {value!r}")
-            out[key] = value
+            out[key] = check_int("priority", value, PRIORITY_MIN, PRIORITY_MAX)
         elif key == "steps":
             out[key] = check_steps(value)
         elif key == "constraints":
@@ -113,9 +219,7 @@ def check_options(opts: Mapping[str, Any]) -> dict[str, Any]:
 
             out[key] = check_constraints(value)
         elif key == "max_concurrent":
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidInput(f"max_concurrent must be an integer >= 1, not {value!r}")
-            out[key] = value
+            out[key] = check_int("max_concurrent", value, 1, MAX_CONCURRENT)
         else:
             raise InvalidInput(f"unknown option {key!r}")
     return out
@@ -131,6 +235,8 @@ def resolve(*layers: Mapping[str, Any]) -> TaskOptions:
     missing = [k for k in OPTION_KEYS if k not in merged]
     if missing:
         raise InvalidInput(f"options not resolved: {missing}")
+    # every layer is bounded again: a handler option published by an older worker included
+    merged = check_options(merged)
     return TaskOptions(
         timeout=float(merged["timeout"]),
         max_retries=int(merged["max_retries"]),
@@ -139,11 +245,8 @@ def resolve(*layers: Mapping[str, Any]) -> TaskOptions:
     )
 
 
-def check_delay(delay: Any) -> float:
-    d = _finite("delay", delay or 0)
-    if d < 0:
-        raise InvalidInput(f"delay must be >= 0 seconds, not {delay!r}")
-    return d
+def check_delay(delay: Any, what: str = "delay") -> float:
+    return check_seconds(what, delay or 0)
 
 
 def check_checkpoint_code(code: Any) -> str:
@@ -151,7 +254,7 @@ def check_checkpoint_code(code: Any) -> str:
     if not isinstance(code, str):
         raise InvalidInput("checkpoint code must be a string")
     c = code.strip()
-    if not c or not CODE_RE.match(c):
+    if not c or not CODE_RE.fullmatch(c):
         raise InvalidInput(f"checkpoint code {code!r} must be lower snake_case, e.g. 'payload_validated'")
     return c
 

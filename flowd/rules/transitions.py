@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from flowd.clock import after, iso
+from flowd.limits import MAX_SECONDS
 from flowd.model import AttemptOutcome, EventType, TaskRecord, TaskStatus, TaskType, WorkerRecord, WorkerStatus
 from flowd.rules.cron import next_fire
 
@@ -137,7 +138,8 @@ def _after_failure(
         retry_count = task.retry_count + 1
         values: dict[str, Any] = {
             "retry_count": retry_count,
-            "next_run_time": after(now, task.retry_interval),
+            # bounded: a row written before intervals were (flowd.limits) must not jam the worker
+            "next_run_time": after(now, min(task.retry_interval, MAX_SECONDS)),
             "stage": 0,
             "result": None,
             "context": None,
@@ -265,6 +267,7 @@ def resume_after_children(parent: TaskRecord, now: datetime) -> Transition:
 PAUSABLE = frozenset({S.PENDING, S.RUNNING, S.FAILED, S.TIMEOUT})
 RESUMABLE = frozenset({S.PAUSED, S.SUSPENDED, S.FAILED, S.TIMEOUT, S.PERMANENTLY_FAILED})
 CANCELLABLE = frozenset({S.PENDING, S.PAUSED, S.SUSPENDED, S.FAILED, S.TIMEOUT})
+RETRYABLE = frozenset({S.FAILED, S.TIMEOUT, S.PERMANENTLY_FAILED})
 
 
 def pause(task: TaskRecord, reason: str | None = None) -> Transition:
@@ -318,6 +321,15 @@ def resume(task: TaskRecord, reason: str | None, now: datetime) -> Transition:
         values=values,
         events=(EventSpec(EventType.TASK_STATUS_CHANGED, task.status, S.PENDING, reason, {"resume_reason": reason}),),
     )
+
+
+def retry(task: TaskRecord, reason: str | None, now: datetime) -> Transition:
+    """Retry now: a failed, timed-out or permanently failed task back to pending, a fresh retry budget.
+
+    The resume of a failed task, refused for any other status (a paused task is resumed, not retried).
+    """
+    _require(task, RETRYABLE, "retry")
+    return resume(task, reason or "retried by operator", now)
 
 
 def cancel(task: TaskRecord, reason: str | None) -> Transition:

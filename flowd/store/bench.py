@@ -205,3 +205,32 @@ def started(conn: sa.Connection, task_id: int) -> bool:
     """Whether the task's first attempt has started (a claim numbers it on the task row)."""
     q = sa.select(T.c.attempt).where(T.c.id == task_id)
     return int(conn.execute(q).scalar_one_or_none() or 0) >= 1
+
+
+def attempts_per_worker(conn: sa.Connection, after_id: int, upto_id: int) -> list[int]:
+    """Attempts each worker started on tasks with after_id < id <= upto_id (workers with none absent)."""
+    q = sa.select(sa.func.count()).where(A.c.task_id > after_id, A.c.task_id <= upto_id).group_by(A.c.worker_id)
+    return [int(n) for (n,) in conn.execute(q).all()]
+
+
+def server_backend_pids(conn: sa.Connection) -> list[int]:
+    """PostgreSQL: the process ids of the server backends connected to this database (through a
+    pooler: the pooler's server connections); empty elsewhere."""
+    if conn.dialect.name != "postgresql":
+        return []
+    q = sa.text(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'client backend'"
+    )
+    return [int(pid) for (pid,) in conn.execute(q).all()]
+
+
+def is_local_postgres(url: str) -> bool:
+    """Whether `url` names a PostgreSQL server on this machine (its processes are in our /proc)."""
+    u = sa.make_url(url)
+    return u.get_backend_name() == "postgresql" and (u.host or "localhost") in ("localhost", "127.0.0.1", "::1")
+
+
+def same_database_on(server_url: str, database_url: str) -> str:
+    """`server_url` pointed at the database `database_url` names (e.g. a direct URL for LISTEN)."""
+    name = sa.make_url(database_url).database
+    return sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)

@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from flowd.errors import BadInput, DatabaseUnavailable, SchemaMismatch, TransactionConflict
 from flowd.logging import get_logger
 from flowd.store.schema import SCHEMA_REVISION
+from flowd.urls import mask_url, scrub
 
 T = TypeVar("T")
 log = get_logger("flowd.store")
@@ -38,12 +39,13 @@ def is_conflict(e: BaseException) -> bool:
     return len(args) > 0 and args[0] in _CONFLICT_MYSQL_CODES
 
 
-def masked_url(url: str) -> str:
-    """The URL with its password replaced by ***, safe to print or log."""
+def _parse_url(url: str) -> sa.URL:
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable database URL>"
+        return make_url(url)
+    except exc.ArgumentError as e:
+        raise BadInput(
+            f"bad database URL {mask_url(url)!r}: use sqlite:///path, postgresql+psycopg://… or mysql+pymysql://…"
+        ) from e
 
 
 def _sqlite_write_engine(url: sa.URL, synchronous: str, pool_size: int) -> sa.Engine:
@@ -80,12 +82,16 @@ STATEMENT_TIMEOUT = 60.0
 
 
 def _server_limits(dialect: str, statement_timeout: float) -> dict[str, Any]:
-    """Driver arguments that bound every wait: connecting, a statement, a silent network."""
+    """Driver arguments that bound every wait: connecting, a silent network, a read.
+
+    PostgreSQL gets no startup `options`: a pooler in transaction mode (PgBouncer) refuses
+    them, and the statement limit is set per session or per transaction instead (see
+    `_postgres_sessions`).
+    """
     ms = int(statement_timeout * 1000)
     if dialect == "postgresql":
         return {
             "connect_timeout": 10,
-            "options": f"-c statement_timeout={ms}",
             # a peer gone without a word (cable, VM pause) is noticed in about a minute,
             # not after the kernel's two hours
             "keepalives": 1,
@@ -100,6 +106,20 @@ def _server_limits(dialect: str, statement_timeout: float) -> dict[str, Any]:
     return {"connect_timeout": 10, "read_timeout": margin, "write_timeout": margin}
 
 
+def behind_pooler(dbapi_conn: Any) -> bool:
+    """Whether a connection pooler stands between this PostgreSQL connection and the server.
+
+    The server announces its backend's process id at connect (the cancel key); a pooler that
+    hands server connections to many clients (PgBouncer, pgcat, Odyssey, cloud proxies)
+    answers the startup itself with a cancel key of its own, so the id it announced is not
+    the id of the backend that runs our queries. A plain TCP relay (a port mapping) passes
+    the server's answer through and counts as direct. Leaves no transaction open.
+    """
+    row = dbapi_conn.execute("SELECT pg_backend_pid()").fetchone()
+    dbapi_conn.rollback()
+    return bool(row[0] != dbapi_conn.info.backend_pid)
+
+
 def _limit_mysql_statements(engine: sa.Engine, statement_timeout: float) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
@@ -112,50 +132,104 @@ def _limit_mysql_statements(engine: sa.Engine, statement_timeout: float) -> None
 
 
 class Database:
-    """Owns the engine; `write()` and `read()` yield a connection inside one transaction."""
+    """Owns the engine; `write()` and `read()` yield a connection inside one transaction.
+
+    On a server the engine holds at most `pool_size` connections (no overflow): a worker's
+    whole budget, plus the one connection its wake-up thread keeps (`listen`). `pooled`
+    says whether PostgreSQL connections go through a transaction-mode pooler: "auto" asks
+    the first connection (`behind_pooler`), "true"/"false" decide without asking.
+    """
 
     def __init__(
         self,
         url: str,
         *,
         pool_size: int = 5,
+        sqlite_pool_size: int | None = None,
         sqlite_synchronous: str = "NORMAL",
         statement_timeout: float = STATEMENT_TIMEOUT,
+        pooled: str = "auto",
+        listen_url: str | None = None,
     ) -> None:
-        try:
-            self.url = make_url(url)
-        except exc.ArgumentError as e:
-            raise BadInput(
-                f"bad database URL {url!r}: use sqlite:///path, postgresql+psycopg://… or mysql+pymysql://…"
-            ) from e
-        self.display_url = self.url.render_as_string(hide_password=True)
+        self.url = _parse_url(url)
+        self.listen_url = _parse_url(listen_url) if listen_url else self.url
+        self._raw_url = url
+        # every URL shown or logged goes through mask_url: the password and any secret
+        # query parameter (?password=, ?sslpassword=, ?token=...) become ***
+        self.display_url = mask_url(url)
         self.dialect = self.url.get_backend_name()
+        self.pool_size = pool_size
+        self._statement_timeout = statement_timeout
+        # None until the first PostgreSQL connection answered (pooled="auto")
+        self._pooled_setting = pooled
+        self.pooled: bool | None = {"true": True, "false": False}.get(pooled)
+        if self.dialect != "postgresql":
+            self.pooled = False
         if self.dialect == "sqlite":
-            self.engine = _sqlite_write_engine(self.url, sqlite_synchronous, pool_size)
+            self.engine = _sqlite_write_engine(self.url, sqlite_synchronous, sqlite_pool_size or pool_size)
         elif self.dialect in ("postgresql", "mysql", "mariadb"):
-            kwargs: dict[str, Any] = {
-                "pool_size": pool_size,
-                "max_overflow": pool_size,
-                "pool_pre_ping": True,
-                "pool_recycle": 1800,
-                # READ COMMITTED everywhere: a sibling-count after locking the parent sees
-                # the children other transactions committed meanwhile
-                "isolation_level": "READ COMMITTED",
-            }
-            kwargs["connect_args"] = _server_limits(self.dialect, statement_timeout)
-            try:
-                self.engine = sa.create_engine(self.url, **kwargs)
-            except ImportError as e:
-                extra = "postgres" if self.dialect == "postgresql" else "mysql"
-                raise DatabaseUnavailable(
-                    f"the driver for {self.display_url} is not installed: pip install 'flowd[{extra}]'"
-                ) from e
-            if self.dialect != "postgresql":
-                _limit_mysql_statements(self.engine, statement_timeout)
+            self.engine = self._server_engine(self.url, pool_size)
         else:
             raise BadInput(f"unsupported database {self.dialect!r}: use sqlite, postgresql or mysql")
         self._schema_ready = False
         self._schema_lock = threading.Lock()
+
+    def _server_engine(self, url: sa.URL, pool_size: int) -> sa.Engine:
+        kwargs: dict[str, Any] = {
+            # the budget is hard: a thread that finds every connection busy waits for one
+            # (transactions are short) rather than opening more than the fleet planned for
+            "pool_size": pool_size,
+            "max_overflow": 0,
+            "pool_timeout": self._statement_timeout + 10,
+            "pool_pre_ping": True,
+            "pool_recycle": 1800,
+            # READ COMMITTED everywhere: a sibling-count after locking the parent sees
+            # the children other transactions committed meanwhile
+            "isolation_level": "READ COMMITTED",
+            "connect_args": _server_limits(self.dialect, self._statement_timeout),
+        }
+        try:
+            engine = sa.create_engine(url, **kwargs)
+        except ImportError as e:
+            extra = "postgres" if self.dialect == "postgresql" else "mysql"
+            raise DatabaseUnavailable(
+                f"the driver for {self.display_url} is not installed: pip install 'flowd[{extra}]'"
+            ) from e
+        if self.dialect == "postgresql":
+            self._postgres_sessions(engine, self._statement_timeout)
+        else:
+            _limit_mysql_statements(engine, self._statement_timeout)
+        return engine
+
+    def _postgres_sessions(self, engine: sa.Engine, statement_timeout: float | None) -> None:
+        """Bound each statement without session state a pooler could leak or lose.
+
+        Direct: `SET statement_timeout` once per connection. Behind a transaction-mode
+        pooler the server connection changes from one transaction to the next, so the
+        limit is `SET LOCAL` at the start of each transaction (one more round trip), and
+        psycopg prepares no statements (a prepared statement lives on one server
+        connection: the next transaction may run on another, where it "does not exist").
+        """
+        ms = int(statement_timeout * 1000) if statement_timeout is not None else 0
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_conn: Any, _record: Any) -> None:
+            if self.pooled is None:
+                self.pooled = behind_pooler(dbapi_conn)
+                if self.pooled:
+                    log.info("database_pooler_detected", db=self.display_url, mode="no session state")
+            if self.pooled:
+                dbapi_conn.prepare_threshold = None
+            elif ms:
+                dbapi_conn.execute(f"SET statement_timeout = {ms}")
+                dbapi_conn.commit()
+
+        if ms:
+
+            @event.listens_for(engine, "begin")
+            def _begin(conn: sa.Connection) -> None:
+                if self.pooled:
+                    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
 
     @property
     def sqlite_file(self) -> str | None:
@@ -174,7 +248,9 @@ class Database:
 
     def _unavailable(self, e: Exception) -> DatabaseUnavailable:
         reason = str(getattr(e, "orig", e)).strip().splitlines()[0] if str(e) else type(e).__name__
-        reason = reason.replace(str(self.url.password or "\0"), "***")
+        reason = scrub(reason, self._raw_url)
+        if self.url.password:
+            reason = reason.replace(str(self.url.password), "***")
         if is_conflict(e):
             return TransactionConflict(f"database {self.display_url}: transaction conflict: {reason}")
         return DatabaseUnavailable(f"database {self.display_url} is unreachable: {reason}")
@@ -221,9 +297,7 @@ class Database:
     def _connect(self, *, write: bool) -> Iterator[sa.Connection]:
         try:
             conn = self.engine.connect()
-        except exc.OperationalError as e:
-            raise self._unavailable(e) from e
-        except exc.DBAPIError as e:
+        except (exc.DBAPIError, exc.TimeoutError) as e:
             raise self._unavailable(e) from e
         try:
             conn.info["flowd_write"] = write
@@ -303,9 +377,12 @@ class Database:
         return result
 
     def _migration_engine(self) -> sa.Engine:
-        return sa.create_engine(
+        engine = sa.create_engine(
             self.url, poolclass=sa.NullPool, isolation_level="READ COMMITTED", connect_args={"connect_timeout": 10}
         )
+        if self.dialect == "postgresql":
+            self._postgres_sessions(engine, None)
+        return engine
 
     def schema_version(self) -> tuple[str | None, str]:
         """(the database's revision, this code's head revision)."""
@@ -351,19 +428,77 @@ class Database:
 
         return migrate.is_known(revision)
 
-    def listen(self, wake: Callable[[], None]) -> Any:
+    def listen(self, wake: Callable[[], None], *, answer: Callable[[int], bool] | None = None) -> Any:
         """Start a thread that calls `wake` on new work: LISTEN (PostgreSQL), a watch on the
         database file (SQLite), a probe of the newest pending task (MySQL/MariaDB); None
-        where only polling works (in-memory SQLite)."""
+        where only polling works (in-memory SQLite, PostgreSQL behind a pooler with no
+        direct `listen_url`). On a server the thread keeps one connection of its own.
+        `answer(count)` decides whether a NOTIFY announcing `count` due tasks wakes this
+        process (None: every one does)."""
         from flowd.store import wakeup
 
         if self.dialect == "postgresql":
-            return wakeup.Listener(self.url, wake).start()
+            separate = self.listen_url != self.url
+            if self.pooled and not separate:
+                wakeup.say_listen_unavailable(self.display_url)
+                return None
+            # a listen URL of its own is probed in "auto" and trusted otherwise
+            pooled = (None if self._pooled_setting == "auto" else False) if separate else self.pooled
+            return wakeup.Listener(self.listen_url, wake, pooled=pooled, answer=answer).start()
         if self.sqlite_file is not None:
             return wakeup.FileWatcher(self.sqlite_file, wake).start()
         if not self.is_sqlite:
-            return wakeup.Prober(self.engine, wake).start()
+            # its own engine of one connection: the probe never waits behind the worker's pool
+            return wakeup.Prober(self._server_engine(self.url, 1), wake).start()
         return None
+
+    def pooling_report(self) -> dict[str, Any] | None:
+        """PostgreSQL: pooling and the connection budget as the server sees them (None elsewhere).
+
+        `pooled` (db_url through a pooler, asked whatever the setting), `listen_pooled` (the LISTEN URL; None when it
+        could not be reached, with `listen_error`), `statement_timeout` (seconds in force
+        inside a transaction), `max_connections`, `reserved` (superuser slots) and `in_use`
+        (client backends on the whole server).
+        """
+        if self.dialect != "postgresql":
+            return None
+        with self.read() as conn:
+            # asked again whatever the setting says: a doctor checks the setting too
+            raw: Any = conn.connection.dbapi_connection
+            announced = raw.info.backend_pid
+            detected = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != announced
+            timeout = conn.exec_driver_sql(
+                "SELECT EXTRACT(epoch FROM current_setting('statement_timeout')::interval)"
+            ).scalar_one()
+            max_connections = int(conn.exec_driver_sql("SHOW max_connections").scalar_one())
+            reserved = int(conn.exec_driver_sql("SHOW superuser_reserved_connections").scalar_one())
+            in_use = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            ).scalar_one()
+        report: dict[str, Any] = {
+            "pooled": bool(detected),
+            "pooled_setting": self._pooled_setting,
+            "listen_pooled": bool(detected) if self.pooled is None else self.pooled,
+            "listen_error": None,
+            "statement_timeout": float(timeout),
+            "max_connections": max_connections,
+            "reserved": reserved,
+            "in_use": int(in_use),
+        }
+        if self.listen_url != self.url:
+            import psycopg
+
+            conninfo = self.listen_url.set(drivername="postgresql").render_as_string(hide_password=False)
+            try:
+                with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
+                    report["listen_pooled"] = behind_pooler(conn)
+            except psycopg.Error as e:
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raw = self.listen_url.render_as_string(hide_password=False)
+                reason, shown = scrub(reason, raw), mask_url(raw)
+                report["listen_pooled"] = None
+                report["listen_error"] = f"{shown} is unreachable: {reason}"
+        return report
 
     def dispose(self) -> None:
         self.engine.dispose()

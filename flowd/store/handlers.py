@@ -65,6 +65,12 @@ def live(conn: sa.Connection, now: datetime, name: str | None = None) -> list[Ha
     return [_record(r) for r in conn.execute(q.order_by(H.c.name, H.c.worker_id)).all()]
 
 
+def live_workers(conn: sa.Connection, now: datetime) -> int:
+    """How many workers have unexpired rows (the fleet serving handlers right now)."""
+    q = sa.select(sa.func.count(sa.distinct(H.c.worker_id))).where(H.c.expires_at >= now)
+    return int(conn.execute(q).scalar_one())
+
+
 def _record(row: Any) -> HandlerRecord:
     m = row._mapping
     return HandlerRecord(

@@ -246,7 +246,7 @@ def insert_copies(conn: sa.Connection, copies: Sequence[Copy], now: datetime) ->
         events.append((tid, _root_of(tpl, tid), *shared[id(tpl)][1]))
     bulk.insert_values(conn, E, _EVENT_KEYS, events)
     if any(tpl.next_run_time is None or tpl.next_run_time <= now for tpl in templates.values()):
-        wakeup.notify(conn)
+        wakeup.notify(conn, len(ids))
     return ids
 
 
@@ -651,10 +651,13 @@ def running_counts(conn: sa.Connection) -> dict[str, int]:
     return {str(w): int(n) for w, n in rows if w is not None}
 
 
-def queue_depth(conn: sa.Connection) -> list[tuple[str, str, int]]:
-    """(name, status, count) over every task: one grouped query on the (name, status) index."""
-    rows = conn.execute(sa.select(T.c.name, T.c.status, sa.func.count()).group_by(T.c.name, T.c.status)).all()
-    return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+def queue_depth(conn: sa.Connection, statuses: Iterable[str] | None = None) -> list[tuple[str, str, int]]:
+    """(name, status, count) over every task, or those in `statuses`: one grouped query on
+    the (name, status) index."""
+    q = sa.select(T.c.name, T.c.status, sa.func.count()).group_by(T.c.name, T.c.status)
+    if statuses is not None:
+        q = q.where(T.c.status.in_([str(s) for s in statuses]))
+    return [(str(r[0]), str(r[1]), int(r[2])) for r in conn.execute(q).all()]
 
 
 def running(conn: sa.Connection, limit: int) -> list[TaskRecord]:
@@ -675,6 +678,18 @@ def due_count(conn: sa.Connection, now: datetime) -> int:
     """Pending tasks that are due now (the claim index answers it)."""
     q = sa.select(sa.func.count()).where(is_pending(T.c.status), T.c.next_run_time <= now)
     return int(conn.execute(q).scalar_one())
+
+
+def oldest_due(conn: sa.Connection, now: datetime) -> TaskRecord | None:
+    """The pending task that has been due longest (None when nothing is due)."""
+    q = (
+        sa.select(T)
+        .where(T.c.status == TaskStatus.PENDING.value, T.c.next_run_time <= now)
+        .order_by(T.c.next_run_time, T.c.id)
+        .limit(1)
+    )
+    row = conn.execute(q).first()
+    return to_record(row) if row is not None else None
 
 
 def lock(conn: sa.Connection, task_id: int) -> TaskRecord | None:
@@ -766,6 +781,8 @@ def nodes_of_root(conn: sa.Connection, root_id: int) -> list[TaskNode]:
             progress_text=r.progress_text,
             progress_percent=r.progress_percent,
             last_event_time=r.last_event_time,
+            flow_id=r.flow_id,
+            flow_step=r.flow_step,
         )
         for r in rows
     ]
@@ -773,7 +790,7 @@ def nodes_of_root(conn: sa.Connection, root_id: int) -> list[TaskNode]:
 
 _NODE_COLUMNS = (
     "id", "name", "status", "parent_id", "stage", "error",
-    "current_stage_name", "progress_text", "progress_percent", "last_event_time",
+    "current_stage_name", "progress_text", "progress_percent", "last_event_time", "flow_id", "flow_step",
 )  # fmt: skip
 
 

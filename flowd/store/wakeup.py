@@ -26,15 +26,28 @@ from typing import Any, Self
 import sqlalchemy as sa
 
 from flowd.logging import get_logger
+from flowd.urls import mask_url, scrub
 
 CHANNEL = "flowd_tasks"
 log = get_logger("flowd.wakeup")
 
 
-def notify(conn: sa.Connection) -> None:
-    """Announce due work to listening workers (PostgreSQL; a no-op elsewhere)."""
+def notify(conn: sa.Connection, count: int = 1) -> None:
+    """Announce `count` due tasks to listening workers (PostgreSQL; a no-op elsewhere).
+
+    The payload is the count: a listener may leave a small announcement to a few of the
+    fleet (Worker.wants_wake). An empty payload (an older flowd) counts as one.
+    """
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
+        conn.exec_driver_sql(f"NOTIFY {CHANNEL}, '{max(1, int(count))}'")
+
+
+def announced(payload: str) -> int:
+    """The task count a notification's payload announces (1 when it says nothing usable)."""
+    try:
+        return max(1, int(payload))
+    except ValueError:
+        return 1
 
 
 class _WakeThread:
@@ -58,35 +71,73 @@ class _WakeThread:
         raise NotImplementedError
 
 
+def say_listen_unavailable(url: str) -> None:
+    """The one line a worker writes when it cannot LISTEN: it polls instead."""
+    log.warning(
+        "listen_unavailable",
+        db=url,
+        reason="the database URL goes through a transaction-mode pooler, where LISTEN cannot work",
+        fix="set db_listen_url (FLOWD_DB_LISTEN_URL) to a direct connection to PostgreSQL",
+        fallback="polling every poll_interval",
+    )
+
+
 class Listener(_WakeThread):
-    """Calls `wake` on every NOTIFY (PostgreSQL only)."""
+    """Calls `wake` on every NOTIFY (PostgreSQL only).
+
+    LISTEN needs a session: behind a transaction-mode pooler the server connection that
+    listened is handed to other clients and notifications never arrive. `pooled` None
+    asks the first connection (`behind_pooler`); a pooled connection ends the thread
+    with one warning, and the worker's poll finds the work.
+    """
 
     name = "flowd-listen"
 
-    def __init__(self, url: sa.URL, wake: Callable[[], None], *, poll: float = 1.0) -> None:
+    def __init__(
+        self,
+        url: sa.URL,
+        wake: Callable[[], None],
+        *,
+        poll: float = 1.0,
+        pooled: bool | None = None,
+        answer: Callable[[int], bool] | None = None,
+    ) -> None:
         self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._display = mask_url(self._conninfo)
         self._poll = poll
+        self._pooled = pooled
+        self._answer = answer
         self.connected = threading.Event()
         super().__init__(wake)
 
     def _run(self) -> None:
         import psycopg
 
+        from flowd.store.db import behind_pooler
+
         backoff = 0.5
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=10) as conn:
+                    if self._pooled is None:
+                        self._pooled = behind_pooler(conn)
+                    if self._pooled:
+                        say_listen_unavailable(self._display)
+                        return
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.connected.set()
                     backoff = 0.5
                     # a missed notification while reconnecting is covered by this wake-up
                     self._wake()
                     while not self._stop.is_set():
-                        for _n in conn.notifies(timeout=self._poll, stop_after=1):
-                            self._wake()
+                        for n in conn.notifies(timeout=self._poll, stop_after=1):
+                            if self._answer is None or self._answer(announced(n.payload)):
+                                self._wake()
             except Exception as e:  # a lost connection: LISTEN again after a pause
                 self.connected.clear()
-                log.warning("listen_connection_lost", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+                # libpq may quote the connection string back: never its password
+                reason = scrub(str(e), self._conninfo).splitlines()[0] if str(e) else type(e).__name__
+                log.warning("listen_connection_lost", error=reason)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 
@@ -138,7 +189,10 @@ def _stamp_query() -> sa.Select[Any]:
 
 
 class Prober(_WakeThread):
-    """Calls `wake` when the newest pending task or task id changes (MySQL/MariaDB)."""
+    """Calls `wake` when the newest pending task or task id changes (MySQL/MariaDB).
+
+    The engine is the probe's own (one connection); it is disposed when the thread ends.
+    """
 
     name = "flowd-probe"
 
@@ -169,3 +223,4 @@ class Prober(_WakeThread):
             last = stamp
         if conn is not None:
             conn.close()
+        self._engine.dispose()  # the probe's own engine (see Database.listen)

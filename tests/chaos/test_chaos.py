@@ -34,17 +34,18 @@ from flowd.manager import TaskManager
 from flowd.store.schema import attempts as A
 from flowd.store.schema import events as E
 from flowd.store.schema import tasks as T
-from tests.conftest import BACKENDS, fresh_database
+from tests.conftest import WITH_POOLER, fresh_database
 from tests.e2e.conftest import Cli
 
 SEED = int(os.environ.get("FLOWD_CHAOS_SEED", "4242"))
 SECONDS = float(os.environ.get("FLOWD_CHAOS_SECONDS", "45"))
 # server backends get a shorter run so the whole harness stays within ~2-3 minutes
-PER_BACKEND = {"sqlite": SECONDS, "postgres": SECONDS * 0.45, "mysql": SECONDS * 0.45}
+PER_BACKEND = {"sqlite": SECONDS, "postgres": SECONDS * 0.45, "mysql": SECONDS * 0.45, "pgbouncer": SECONDS * 0.45}
 FIRST_STRIKES = ("stop", "kill_same_pod")
 LEASE = 1.5  # worker_heartbeat_timeout: a SIGSTOP longer than this gets the worker reaped
 
-pytestmark = pytest.mark.chaos
+# also through PgBouncer in transaction mode (tests/pgbouncer.py)
+pytestmark = [pytest.mark.chaos, pytest.mark.pooled]
 
 WORKER_ENV = {
     "FLOWD_POLL_INTERVAL": "0.1",
@@ -262,7 +263,7 @@ def submit_some(m: TaskManager, rng: random.Random, submitted: Counter[str]) -> 
     submitted[kind] += 1
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=WITH_POOLER)
 def chaos_cli(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Cli]]:
     gen = fresh_database(request.param, tmp_path)
     url = next(gen)

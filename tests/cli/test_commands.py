@@ -121,6 +121,16 @@ def test_pause_resume_cancel__print_the_new_status(flowd: Run) -> None:
     assert flowd("show", "1", "--json").json()["error"] == "not needed"
 
 
+def test_retry__only_a_failure_goes_back_to_pending(flowd: Run) -> None:
+    flowd("submit", "echo", "{}")
+    r = flowd("retry", "1")
+    assert r.code == 1 and "cannot retry task 1: it is pending" in r.err
+    flowd("cancel", "1")
+    assert flowd("retry", "1").out == "task 1 pending\n"
+    t = flowd("show", "1", "--json").json()
+    assert (t["status"], t["retry_count"]) == ("pending", 0)
+
+
 def test_list__filters_and_pages(flowd: Run) -> None:
     for i in range(5):
         flowd("submit", "echo", f'{{"i": {i}}}', "--tag", "a" if i % 2 else "b")
@@ -167,6 +177,27 @@ def test_db_upgrade__is_idempotent(flowd: Run) -> None:
 def test_unreachable_database__exit_1_and_password_masked(flowd: Run) -> None:
     r = flowd("list", "--db", "postgresql+psycopg://alice:s3cr3tpw@127.0.0.1:1/nodb")
     assert r.code == 1 and "unreachable" in r.err and "s3cr3tpw" not in r.err + r.out
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://alice@127.0.0.1:1/nodb?password=s3cr3tpw",
+        "postgresql+psycopg://alice:s3cr3tpw@127.0.0.1:1/nodb?sslmode=disable&sslpassword=s3cr3tpw",
+        "mysql+pymysql://alice@127.0.0.1:1/nodb?charset=utf8mb4&password=s3cr3tpw",
+    ],
+)
+def test_unreachable_database__query_parameter_password_masked_everywhere(flowd: Run, url: str) -> None:
+    r = flowd("list", "--db", url)
+    assert r.code == 1 and "unreachable" in r.err and "s3cr3tpw" not in r.err + r.out
+    assert "=***" in r.err
+    doc = flowd("doctor", "--json", "--db", url)
+    assert doc.code == 1 and "s3cr3tpw" not in doc.out + doc.err and "=***" in doc.out
+
+
+def test_unparseable_database_url__is_refused_with_its_password_masked(flowd: Run) -> None:
+    r = flowd("list", "--db", "nonsense:/x?password=s3cr3tpw")
+    assert r.code == 2 and "bad database URL" in r.err and "s3cr3tpw" not in r.err
 
 
 def test_worker__missing_handlers_directory_is_refused(flowd: Run, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import fresh_database
+from tests.conftest import WITH_POOLER, fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -144,7 +144,7 @@ def cli(tmp_path: Path) -> Iterator[Cli]:
     c.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres", "mysql"])
+@pytest.fixture(params=WITH_POOLER)
 def any_cli(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cli]:
     """A flowd installation on each available backend."""
     gen = fresh_database(request.param, tmp_path, migrated=True)

@@ -93,3 +93,54 @@ def test_bench__on_a_server_uses_its_own_scratch_database_and_drops_it(kind: str
         assert scratch() == before  # created for the run, dropped after it
     finally:
         engine.dispose()
+
+
+def _children_cmdlines(parent: int) -> dict[int, str]:
+    """pid → command line of every live process whose parent is `parent` (Linux /proc)."""
+    out: dict[int, str] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = next(
+                int(line.split()[1]) for line in (d / "status").read_text().splitlines() if line.startswith("PPid:")
+            )
+            if ppid == parent:
+                out[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, StopIteration, ValueError):
+            continue
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_bench__server_password_never_reaches_a_worker_command_line(tmp_path: Path) -> None:
+    url = server_url("postgres")
+    if not url:
+        pytest.skip("postgres: set FLOWD_TEST_POSTGRES_URL to run")
+    secret = "s3cret-" + os.urandom(4).hex()
+    # trust authentication ignores the password: the run works, and the password is still
+    # what a careless bench would pass on to its workers
+    with_password = sa.make_url(url).set(password=secret).render_as_string(hide_password=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWD_")}
+    env.update(FLOWD_POLL_INTERVAL="0.02", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flowd", "bench", "--db", with_password, "--tasks", "100", "--skip", "single"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: set[str] = set()
+    try:
+        # the workers live through the latency phase and a 2 s idle measurement
+        while proc.poll() is None:
+            seen |= {c for c in _children_cmdlines(proc.pid).values() if c}  # a zombie's is empty
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert [c for c in seen if " worker" in c], f"no worker process seen among {seen}"
+    assert not [c for c in seen if secret in c], "the password is in a worker's command line"
+    assert secret not in out + err

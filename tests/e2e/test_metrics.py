@@ -92,7 +92,7 @@ def test_metrics__count_claims_outcomes_retries_and_queue_depth(cli: Cli) -> Non
     def caught_up() -> Samples | None:
         s = scrape(base)
         done = value(s, "flowd_tasks_failed_total", name="boom") == 2
-        return s if done and value(s, "flowd_queue_depth", name="ok", status="completed") else None
+        return s if done and value(s, "flowd_queue_depth", name="slow", status="pending") == 0 else None
 
     s: Samples = cli.wait_until(caught_up, 20, "metrics caught up")
     assert value(s, "flowd_tasks_claimed_total", name="ok") == 3
@@ -105,8 +105,10 @@ def test_metrics__count_claims_outcomes_retries_and_queue_depth(cli: Cli) -> Non
     assert value(s, "flowd_attempt_duration_seconds_count", name="boom", outcome="failed") == 2
     timed = value(s, "flowd_attempt_duration_seconds_sum", name="slow", outcome="timed_out")
     assert timed is not None and timed >= 0.2
-    assert value(s, "flowd_queue_depth", name="ok", status="completed") == 3
-    assert value(s, "flowd_queue_depth", name="boom", status="permanently_failed") == 1
+    # the queue is what is left to do: finished tasks are not in it, an emptied queue reads 0
+    assert value(s, "flowd_queue_depth", name="ok", status="completed") is None
+    assert value(s, "flowd_queue_depth", name="boom", status="permanently_failed") is None
+    assert value(s, "flowd_queue_depth", name="ok", status="pending") == 0
     claims = value(s, "flowd_claim_duration_seconds_count")
     assert claims is not None and claims >= 5
     assert value(s, "flowd_running_attempts") == 0

@@ -5,7 +5,12 @@ from __future__ import annotations
 import signal
 from datetime import datetime
 
+import pytest
+
 from tests.e2e.conftest import Cli
+
+# also through PgBouncer in transaction mode (tests/pgbouncer.py)
+pytestmark = pytest.mark.pooled
 
 SLOW = """
 import time

@@ -17,6 +17,9 @@ from flowd.manager import TaskManager
 from flowd.model import TaskStatus
 from tests.engine.conftest import drain, event_types, outcomes
 
+# also through PgBouncer in transaction mode (tests/pgbouncer.py)
+pytestmark = pytest.mark.pooled
+
 
 def test_submit__runs_once_and_writes_result_event_and_attempt(mgr: TaskManager) -> None:
     mgr.use("echo", lambda t: {"got": t.payload, "attempt": t.attempt})

@@ -34,10 +34,19 @@ def test_metrics__queue_depth_by_name_and_status_and_outcome_counters(mgr: TaskM
     mgr.submit("boom", {}, max_retries=2)
     mgr.submit("ok", {}, delay=3600)
     drain(mgr)
+    mgr.pause_task(mgr.submit("ok", {}, delay=3600))
     s = samples(m)
-    assert s[("flowd_queue_depth", (("name", "ok"), ("status", "completed")))] == 2
-    assert s[("flowd_queue_depth", (("name", "ok"), ("status", "pending")))] == 1
-    assert s[("flowd_queue_depth", (("name", "boom"), ("status", "permanently_failed")))] == 1
+    depth = {
+        dict(labels)["status"]: v
+        for (metric, labels), v in s.items()
+        if metric == "flowd_queue_depth" and dict(labels)["name"] == "ok"
+    }
+    # finished tasks are history, not queue: only the unfinished statuses, each of them, 0 when empty
+    assert set(depth) == {"pending", "running", "failed", "timeout", "paused", "suspended"}
+    assert (depth["pending"], depth["paused"], depth["running"]) == (1, 1, 0)
+    assert s[("flowd_queue_depth", (("name", "boom"), ("status", "pending")))] == 0
+    finished = ("completed", "permanently_failed")
+    assert not [k for k in s if k[0] == "flowd_queue_depth" and dict(k[1])["status"] in finished]
     assert s[("flowd_tasks_completed_total", (("name", "ok"),))] == 2
     assert s[("flowd_tasks_failed_total", (("name", "boom"),))] == 2
     assert s[("flowd_tasks_retried_total", (("name", "boom"),))] == 1

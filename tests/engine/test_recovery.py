@@ -17,6 +17,9 @@ from flowd.manager import TaskManager
 from flowd.model import TaskStatus, WorkerStatus
 from tests.engine.conftest import event_types, outcomes
 
+# also through PgBouncer in transaction mode (tests/pgbouncer.py)
+pytestmark = pytest.mark.pooled
+
 Make = Callable[..., TaskManager]
 
 
@@ -178,6 +181,29 @@ def test_lost_lease__stands_by_while_a_peer_holds_the_pod_else_reregisters(db_ur
     assert not wa.standby and worker_status(ma, "wa") is WorkerStatus.ACTIVE
     wa.run_until_idle()
     assert ma.get_task(tid).result == "wa"
+
+
+def test_lost_lease__logged_once_per_change_not_at_every_heartbeat(db_url: str, make_manager: Make) -> None:
+    from structlog.testing import capture_logs
+
+    ma = make_manager(db_url, pod_id="a", worker_id="wa")
+    mb = make_manager(db_url, pod_id="a", worker_id="wb", worker_heartbeat_timeout=60)
+    wa = ma.make_worker()
+    wa.start()
+    mb.make_worker().start()
+    now = utcnow()
+    with capture_logs() as logs:
+        for i in range(1, 13):  # twelve heartbeats of a worker standing by
+            wa.run_once(after(now, 0.25 * i))
+        assert wa.standby
+        sql(mb, "UPDATE flowd_workers SET status = 'dead' WHERE worker_id = 'wb'")
+        for i in range(13, 20):  # back to active, and seven heartbeats holding the lease
+            wa.run_once(after(now, 0.25 * i))
+        assert not wa.standby
+    events = [e["event"] for e in logs if e["event"].startswith("worker_")]
+    assert events.count("worker_lease_lost") == 1, events
+    assert events.count("worker_standby") == 1 and events.count("worker_active") == 1, events
+    assert events.count("worker_reregistered") == 1, events
 
 
 def test_own_row_marked_dead__worker_reregisters(db_url: str, make_manager: Make) -> None:

@@ -67,6 +67,7 @@ ACTIONS = {
     "resume": (lambda t: r.resume(t, None, NOW), {S.PAUSED, S.SUSPENDED, S.FAILED, S.TIMEOUT, S.PERMANENTLY_FAILED}),
     "cancel": (lambda t: r.cancel(t, "no"), {S.PENDING, S.PAUSED, S.SUSPENDED, S.FAILED, S.TIMEOUT}),
     "recover": (lambda t: r.recover(t, "w2", "dead", NOW), {S.RUNNING}),
+    "retry": (lambda t: r.retry(t, None, NOW), {S.FAILED, S.TIMEOUT, S.PERMANENTLY_FAILED}),
 }
 
 
@@ -199,6 +200,17 @@ def test_cancel__permanently_failed_with_reason_as_error() -> None:
     tr = r.cancel(task(S.SUSPENDED), "abandoned")
     assert tr.to_status is S.PERMANENTLY_FAILED and tr.values == {"error": "abandoned"}
     assert tr.finishes_child
+
+
+def test_retry__a_failure_starts_over_now_with_a_fresh_budget() -> None:
+    tr = r.retry(task(S.PERMANENTLY_FAILED, stage=2, retry_count=3, error="boom"), None, NOW)
+    assert tr.to_status is S.PENDING
+    assert tr.values == {"retry_count": 0, "next_run_time": NOW, "stage": 0, "context": None, "result": None}
+    assert tr.events[0].type is EventType.TASK_STATUS_CHANGED
+    assert tr.events[0].metadata == {"resume_reason": "retried by operator"}
+    refused = r"cannot retry task \d+: it is paused \(allowed from: failed, permanently_failed, timeout\)"
+    with pytest.raises(r.Refused, match=refused):
+        r.retry(task(S.PAUSED), None, NOW)
 
 
 def test_recover__keeps_stage_and_retry_count_and_is_fenced() -> None:

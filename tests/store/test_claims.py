@@ -12,6 +12,9 @@ from flowd.model import NewTask, TaskId, TaskStatus, TaskType
 from flowd.store import tasks as task_store
 from flowd.store.db import Database
 
+# also through PgBouncer in transaction mode (tests/pgbouncer.py)
+pytestmark = pytest.mark.pooled
+
 T0 = datetime(2026, 11, 22, 12, 0, 0, 123000, tzinfo=UTC)
 
 

@@ -14,6 +14,9 @@ from flowd.store import tasks as task_store
 from flowd.store.db import Database
 from flowd.store.schema import tasks as T
 
+# also through PgBouncer in transaction mode (tests/pgbouncer.py)
+pytestmark = pytest.mark.pooled
+
 T0 = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 
 

@@ -18,6 +18,9 @@ from flowd.store.schema import events as E
 from flowd.store.schema import tasks as T
 from flowd.store.tasks import Fence
 
+# also through PgBouncer in transaction mode (tests/pgbouncer.py)
+pytestmark = pytest.mark.pooled
+
 T0 = datetime(2026, 11, 30, 8, 0, 0, tzinfo=UTC)
 # each kind of end (completed, retried) a group of its own above the one-statement threshold
 N = 2 * bulk.COPY_MIN_ROWS + 5
