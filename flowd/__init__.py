@@ -8,16 +8,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from flowd.errors import TaskFailed
 from flowd.model import SubTasks
 from flowd.plugins import handler, on
 from flowd.rules.constraints import constraint
 
 __version__ = "0.1.0"
-__all__ = ["SubTasks", "Task", "TaskManager", "__version__", "constraint", "get_logger", "handler", "on"]
+__all__ = [
+    "SubTasks",
+    "Task",
+    "TaskFailed",
+    "TaskManager",
+    "__version__",
+    "connect",
+    "constraint",
+    "get_logger",
+    "handler",
+    "on",
+]
 
 if TYPE_CHECKING:
     from flowd.engine.task import Task
-    from flowd.manager import TaskManager
+    from flowd.manager import TaskManager, connect
 
 
 def get_logger(name: str | None = None) -> Any:
@@ -32,6 +44,10 @@ def __getattr__(name: str) -> Any:
         from flowd.manager import TaskManager
 
         return TaskManager
+    if name == "connect":
+        from flowd.manager import connect
+
+        return connect
     if name == "Task":
         from flowd.engine.task import Task
 

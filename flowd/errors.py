@@ -72,3 +72,15 @@ def describe(e: BaseException) -> str:
             e = orig
     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+class TaskFailed(FlowdError):
+    """`TaskManager.result()`: the task ended `permanently_failed`; `.error` says why."""
+
+    def __init__(self, task_id: int, error: str | None) -> None:
+        super().__init__(f"task {task_id} failed: {error}" if error else f"task {task_id} failed")
+        self.task_id = task_id
+        self.error = error
+
+    def __reduce__(self) -> tuple[type[TaskFailed], tuple[int, str | None]]:
+        return (TaskFailed, (self.task_id, self.error))

@@ -17,11 +17,19 @@ from flowd.audit import retention as retention_mod
 from flowd.audit import views
 from flowd.clock import after, iso, utcnow
 from flowd.engine import flows, ops
-from flowd.errors import BadInput, DatabaseUnavailable, FlowdError, NotFound
+from flowd.errors import BadInput, DatabaseUnavailable, FlowdError, NotFound, TaskFailed
 from flowd.limits import MAX_ID, MAX_SECONDS, PRIORITY_MAX
 from flowd.logging import get_logger
-from flowd.model import EventType, HandlerRecord, NewTask, Page, TaskId, TaskRecord, TaskType
-from flowd.plugins import HandlerSpec, PluginError, PluginLoader, Registry, make_spec
+from flowd.model import EventType, HandlerRecord, NewTask, Page, TaskId, TaskRecord, TaskStatus, TaskType
+from flowd.plugins import (
+    HandlerSpec,
+    PluginError,
+    PluginLoader,
+    Registry,
+    load_modules,
+    make_spec,
+    merge,
+)
 from flowd.registry import catalog
 from flowd.rules import constraints as cons
 from flowd.rules import cron as cron_rules
@@ -41,6 +49,7 @@ from flowd.store.tasks import TaskFilter
 
 if TYPE_CHECKING:
     # the worker (threads, asyncio, sockets) loads only when a worker runs: `flowd submit` stays quick
+    from flowd.engine.waiting import Waiters
     from flowd.engine.worker import Worker
 
 # progress(done, total or None): how far a long operation got (the CLI draws a bar)
@@ -55,6 +64,9 @@ SUBMIT_OPTIONS = {
     "timeout",
     "max_retries",
     "retry_interval",
+    "retry_backoff",
+    "retry_max_interval",
+    "retry_jitter",
     "labels",
     "key",
     "tz",
@@ -89,19 +101,47 @@ class TaskManager:
     """Where plugin files' import-time output (`print` at module level) goes; None leaves
     stdout alone. The CLI sets sys.stderr: its stdout carries only the command's output."""
 
+    cli: bool = False
+    """True when the `flowd` command drives this manager: errors then name its flags
+    (`--allow-unknown`) instead of Python parameters (`allow_unknown=True`)."""
+
     def __init__(
         self,
-        settings: Settings | None = None,
+        db_url: str | None = None,
         *,
         config: str | None = None,
         clock: Callable[[], datetime] | None = None,
-        **overrides: Any,
+        **settings: Any,
     ) -> None:
-        """Settings come from `settings`, or are loaded (`config` file, env) with `overrides` on top.
+        """`TaskManager("postgresql+psycopg://…", max_retries=5)`: any setting of the settings list
+        as a keyword; those not given come from FLOWD_* variables and the TOML file (`config`,
+        else $FLOWD_CONFIG, else ./config/flowd.toml or ./flowd.toml), as for the CLI.
 
+        Safe to share between threads; `close()` (or a `with` block) releases its connections.
         `clock` replaces the wall clock (tests drive time with it).
         """
-        self.settings = settings or load_settings(config, **overrides)
+        self.cli = bool(settings.pop("_cli", False))
+        given = settings.pop("settings", None)
+        if isinstance(db_url, Settings):  # TaskManager(Settings(...)): a ready Settings object
+            given, db_url = db_url, None
+        if isinstance(given, Settings):  # a ready Settings object (embedding code, tests)
+            self.settings = given
+        else:
+            if given is not None:
+                settings["settings"] = given
+            unknown = sorted(set(settings) - set(Settings.model_fields))
+            if unknown:
+                raise BadInput(
+                    f"unknown setting(s) {', '.join(unknown)}: TaskManager takes the settings of the settings list "
+                    f"(e.g. db_url, handlers_dir, max_retries, timeout) as keyword arguments"
+                )
+            try:
+                self.settings = load_settings(config, db_url=db_url, **settings)
+            except BadInput as e:
+                if self.cli:
+                    raise
+                # name the Python argument, not a command-line flag
+                raise BadInput(str(e).replace("flags or config", "TaskManager(...) arguments or config")) from e
         self._db: Database | None = None
         self._registry: Registry | None = None
         self._loader: PluginLoader | None = None
@@ -112,46 +152,93 @@ class TaskManager:
         self._worker: Worker | None = None
         self._thread: threading.Thread | None = None
         self._clock: Callable[[], datetime] = clock or utcnow
+        # one lock for the lazily built parts (engine, registry, waiters): threads share a manager
+        self._lazy = threading.RLock()
+        self._waiters: Waiters | None = None
+        self._modules: Registry | None = None
+
+    def __enter__(self) -> TaskManager:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _param(self, name: str, python: str | None = None) -> str:
+        """How the caller spells parameter `name`: `--name` for the CLI, `python` (or `name`) in Python."""
+        return "--" + name.replace("_", "-") if self.cli else (python or name)
 
     # -- wiring ----------------------------------------------------------------------
     @property
     def db(self) -> Database:
         if self._db is None:
-            s = self.settings
-            self._db = Database(
-                s.db_url,
-                pool_size=s.db_pool_size,
-                # a SQLite connection costs no server slot: one per running attempt and then some
-                sqlite_pool_size=min(max(s.max_concurrent_tasks + 2, 5), 50),
-                sqlite_synchronous=s.sqlite_synchronous,
-                pooled=s.db_pooled,
-                listen_url=s.db_listen_url,
-            )
+            with self._lazy:
+                if self._db is None:
+                    s = self.settings
+                    self._db = Database(
+                        s.db_url,
+                        pool_size=s.db_pool_size,
+                        # a SQLite connection costs no server slot: one per running attempt and then some
+                        sqlite_pool_size=min(max(s.max_concurrent_tasks + 2, 5), 50),
+                        sqlite_synchronous=s.sqlite_synchronous,
+                        pooled=s.db_pooled,
+                        listen_url=s.db_listen_url,
+                    )
         return self._db
 
     def registry(self, *, require_dir: bool = False) -> Registry:
-        """Handlers from the plugin directory plus those registered with `use()`."""
-        if self._registry is None:
-            d = Path(self.settings.handlers_dir)
-            if d.is_dir():
-                self._loader = PluginLoader(d, self.settings.plugin_import_timeout)
+        """Handlers from the plugin directory, the handler modules, and those registered with `use()`.
+
+        `require_dir` (the worker): a handlers directory given explicitly must exist; the default
+        one is created when missing (unless handler modules are configured), and a module that
+        fails to import is left in the registry's errors for the worker to log. Otherwise a
+        module that fails to import is refused (BadInput: the CLI exits 2).
+        """
+        with self._lazy:
+            if self._registry is None:
+                self._registry = self._load_dir(require_dir)
+            if self._modules is None:
                 output = self.import_output
                 with contextlib.redirect_stdout(output) if output is not None else contextlib.nullcontext():
-                    base, _changes = self._loader.load()
-                # a plugin that blocks at import is given up on at the timeout, and said so:
-                # a command must never hang, nor wait silently
-                for path in self._loader.timed_out():
-                    get_logger("flowd.plugins").error("plugin_load_failed", file=path, error=base.errors[path])
-                    self._reported.add(path)
-            elif require_dir:
+                    self._modules = load_modules(self.settings.handler_modules)
+        if self._modules.errors and not require_dir and self._worker is None:
+            raise BadInput(next(iter(self._modules.errors.values())))
+        merged = merge(self._registry, self._modules)
+        return merged.with_handlers(self._code_handlers.values()).without(self._removed)
+
+    def _load_dir(self, require_dir: bool) -> Registry:
+        d = Path(self.settings.handlers_dir)
+        if not d.is_dir() and require_dir:
+            if self.settings.handler_modules:
+                if "handlers_dir" in self.settings.model_fields_set:
+                    get_logger("flowd.plugins").warning(
+                        "handlers_dir_missing", path=str(d), serving="handler modules only"
+                    )
+            elif "handlers_dir" in self.settings.model_fields_set:
                 raise BadInput(
-                    f"handlers directory {d} does not exist: create it, or pass --handlers / FLOWD_HANDLERS_DIR"
+                    f"handlers directory {d} does not exist: create it, or pass "
+                    f"{self._param('handlers', 'handlers_dir=')} / FLOWD_HANDLERS_DIR"
                 )
             else:
-                base = Registry()
-            self._registry = base
-        reg = self._registry.with_handlers(self._code_handlers.values()).without(self._removed)
-        return reg
+                # `flowd worker` in an empty directory: make the default plugin directory (watched:
+                # a file dropped there is loaded) and say where it is
+                d.mkdir(parents=True, exist_ok=True)
+                get_logger("flowd.plugins").warning(
+                    "handlers_dir_created",
+                    path=str(d.resolve()),
+                    hint="put handler files (*.py) there, or pass --module / set FLOWD_HANDLER_MODULES",
+                )
+        if not d.is_dir():
+            return Registry()
+        self._loader = PluginLoader(d, self.settings.plugin_import_timeout)
+        output = self.import_output
+        with contextlib.redirect_stdout(output) if output is not None else contextlib.nullcontext():
+            base, _changes = self._loader.load()
+        # a plugin that blocks at import is given up on at the timeout, and said so:
+        # a command must never hang, nor wait silently
+        for path in self._loader.timed_out():
+            get_logger("flowd.plugins").error("plugin_load_failed", file=path, error=base.errors[path])
+            self._reported.add(path)
+        return base
 
     def handler_steps(self, name: str) -> dict[str, float] | None:
         """The steps a handler declares (for display), if this process knows the handler."""
@@ -194,8 +281,11 @@ class TaskManager:
         return stop
 
     def close(self) -> None:
-        """Stop the background worker (or close one made with make_worker) and the database."""
+        """Stop the background worker (or close one made with make_worker), the waiters and the database."""
         self.stop()
+        if self._waiters is not None:
+            self._waiters.close()
+            self._waiters = None
         if self._worker is not None and self._worker.started and not self._worker.closed:
             self._worker.close()
         if self._db is not None:
@@ -208,12 +298,15 @@ class TaskManager:
             for n, f in name.items():
                 self.use(n, f)
             return
-        if isinstance(fn, Mapping):
-            spec = make_spec(name, fn["handler"], fn.get("options"))
-        elif fn is not None:
-            spec = make_spec(name, fn)
-        else:
-            raise BadInput(f"use({name!r}) needs a handler function")
+        try:
+            if isinstance(fn, Mapping):
+                spec = make_spec(name, fn["handler"], fn.get("options"))
+            elif fn is not None:
+                spec = make_spec(name, fn)
+            else:
+                raise BadInput(f"use({name!r}) needs a handler function")
+        except opt.InvalidInput as e:
+            raise _bad(e) from e
         self._code_handlers[name] = spec
         self._removed.discard(name)
         self._refresh_worker()
@@ -250,7 +343,8 @@ class TaskManager:
         known = ", ".join(sorted(set(reg.names()) | {h.name for h in self.fleet_handlers()})) or "none"
         raise opt.InvalidInput(
             f"no handler named {name!r}: no live worker serves it and {self.settings.handlers_dir} declares none "
-            f"(known: {known}); start a worker that has it, or pass --allow-unknown to queue it anyway"
+            f"(known: {known}); start a worker that has it, or pass "
+            f"{self._param('allow_unknown', 'allow_unknown=True')} to queue it anyway"
         )
 
     def fleet_handlers(self, name: str | None = None) -> list[HandlerRecord]:
@@ -296,6 +390,9 @@ class TaskManager:
             key=key,
             max_retries=resolved.max_retries,
             retry_interval=resolved.retry_interval,
+            retry_backoff=resolved.retry_backoff,
+            retry_max_interval=resolved.retry_max_interval,
+            retry_jitter=resolved.retry_jitter,
             timeout=resolved.timeout,
             next_run_time=after(now, delay),
             constraints=keys,
@@ -314,9 +411,12 @@ class TaskManager:
         debounce = options.pop("debounce", None)
         if debounce is not None:
             if not options.get("key"):
-                raise BadInput("--debounce needs --key: the key names the task a burst of submissions replaces")
+                raise BadInput(
+                    f"{self._param('debounce')} needs {self._param('key')}: "
+                    "the key names the task a burst of submissions replaces"
+                )
             if options.get("delay"):
-                raise BadInput("--debounce sets the start itself: drop --delay")
+                raise BadInput(f"{self._param('debounce')} sets the start itself: drop {self._param('delay')}")
             try:
                 options["delay"] = opt.check_delay(debounce, "debounce")
             except opt.InvalidInput as e:
@@ -370,7 +470,7 @@ class TaskManager:
         options = dict(options)
         tz = options.pop("tz", None) or self.settings.timezone or cron_rules.local_zone_name()
         if options.get("delay"):
-            raise BadInput("--delay does not apply to cron tasks: the expression decides when they run")
+            raise BadInput(f"{self._param('delay')} does not apply to cron tasks: the expression decides when they run")
         try:
             norm = cron_rules.validate(expr)
             cron_rules.zone(tz)
@@ -396,6 +496,9 @@ class TaskManager:
                             "labels": dict(new.labels) or None,
                             "max_retries": new.max_retries,
                             "retry_interval": new.retry_interval,
+                            "retry_backoff": new.retry_backoff,
+                            "retry_max_interval": new.retry_max_interval,
+                            "retry_jitter": new.retry_jitter,
                             "timeout": new.timeout,
                             "next_run_time": first,
                         },
@@ -554,6 +657,96 @@ class TaskManager:
             raise NotFound(f"task {task_id} not found: check the id with `flowd list`")
         return t
 
+    # -- waiting for results -----------------------------------------------------------
+    def _ended_or_none(self, task_id: int) -> TaskRecord | None:
+        t = self.get_task(task_id)
+        if t.type is TaskType.CRON:
+            raise BadInput(
+                f"task {task_id} is a cron schedule: it never ends, so there is nothing to wait for "
+                "(read its last result with get_task)"
+            )
+        return t if t.status in task_store.ENDED_STATUSES else None
+
+    def _waiter(self) -> Waiters:
+        from flowd.engine.waiting import Waiters  # asyncio and the watcher load only when someone waits
+
+        with self._lazy:
+            if self._waiters is None:
+                self._waiters = Waiters(self.db, self.settings.poll_interval)
+            return self._waiters
+
+    @staticmethod
+    def _check_timeout(timeout: float | None) -> float | None:
+        import math
+
+        if timeout is None:
+            return None
+        try:
+            t = float(timeout)
+        except (TypeError, ValueError) as e:
+            raise BadInput(f"timeout must be a number of seconds (or None), not {timeout!r}") from e
+        if not math.isfinite(t) or t < 0:
+            raise BadInput(f"timeout must be >= 0 seconds (or None to wait without limit), not {timeout!r}")
+        return t
+
+    def wait(self, task_id: int, timeout: float | None = None) -> TaskRecord:
+        """Block until the task is `completed` or `permanently_failed`; returns it.
+
+        Raises `TimeoutError` when `timeout` seconds pass first, NotFound for an unknown id and
+        BadInput for a cron task (it never ends). Wakes as workers do (PostgreSQL LISTEN/NOTIFY,
+        the SQLite WAL watch, the MySQL probe), with `poll_interval` as the fallback; one watcher
+        serves every thread of this manager.
+        """
+        import time
+
+        limit = self._check_timeout(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        waiters = None
+        while True:
+            t = self._ended_or_none(task_id)
+            if t is not None:
+                return t
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"task {task_id} is still {self.get_task(task_id).status.value} after {limit:g}s")
+            waiters = waiters or self._waiter()
+            waiters.wait(TaskId(task_id), left)
+            # ended, or the time is up: the loop reads the task again (a resumed task waits on)
+
+    def result(self, task_id: int, timeout: float | None = None) -> Any:
+        """The task's result once it completed; raises `flowd.TaskFailed` (`.task_id`, `.error`)
+        if it ended permanently failed, `TimeoutError` as `wait` does."""
+        return _result_of(self.wait(task_id, timeout))
+
+    async def submit_async(self, name: str, payload: Mapping[str, Any] | None = None, **options: Any) -> TaskId:
+        """`submit` for asyncio code: the database work runs on a thread, never on the event loop."""
+        import asyncio
+
+        return await asyncio.to_thread(self.submit, name, payload, **options)
+
+    async def wait_async(self, task_id: int, timeout: float | None = None) -> TaskRecord:
+        """`wait` for asyncio code: the event loop is never blocked (a future resolved by the watcher)."""
+        import asyncio
+        import time
+
+        limit = self._check_timeout(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        waiters = None
+        while True:
+            t = await asyncio.to_thread(self._ended_or_none, task_id)
+            if t is not None:
+                return t
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                status = (await asyncio.to_thread(self.get_task, task_id)).status.value
+                raise TimeoutError(f"task {task_id} is still {status} after {limit:g}s")
+            waiters = waiters or self._waiter()
+            await waiters.wait_async(TaskId(task_id), left)
+
+    async def result_async(self, task_id: int, timeout: float | None = None) -> Any:
+        """`result` for asyncio code."""
+        return _result_of(await self.wait_async(task_id, timeout))
+
     @staticmethod
     def check_page(limit: int, offset: int, order: str = "asc") -> None:
         """Refuse a bad page request (BadInput): limit >= 1, offset >= 0, order asc|desc."""
@@ -632,7 +825,7 @@ class TaskManager:
         if stage is not None and not 0 <= stage <= PRIORITY_MAX:
             raise BadInput(f"stage must be >= 0 and at most {PRIORITY_MAX}, not {stage}")
         if since is not None and until is not None and since > until:
-            raise BadInput("--since is after --until: nothing can match")
+            raise BadInput(f"{self._param('since')} is after {self._param('until')}: nothing can match")
         ef = EventFilter(
             event_types=list(event_types) if event_types else None,
             attempt=attempt,
@@ -698,7 +891,10 @@ class TaskManager:
                 rows = task_store.stats(conn, tag)
             return [{"tag": t, "name": n, "status": s, "count": c} for t, n, s, c in rows]
         if not by_label.strip():
-            raise BadInput("--by-label needs a label key, e.g. --by-label tenant")
+            raise BadInput(
+                f"{self._param('by_label')} needs a label key, e.g. "
+                + ("--by-label tenant" if self.cli else "by_label='tenant'")
+            )
         with self.db.read() as conn:
             grouped = task_store.stats_by_labels(conn, tag)
         counts: dict[tuple[str | None, str, str], int] = {}
@@ -742,7 +938,11 @@ class TaskManager:
         everything = bool(filters.pop("all", False))
         f = self.task_filter(**filters)
         if not everything and f == TaskFilter():
-            raise BadInput("delete needs a filter (e.g. --status completed), or --all to delete every task")
+            raise BadInput(
+                "delete needs a filter (e.g. --status completed), or --all to delete every task"
+                if self.cli
+                else "delete_tasks needs a filter (e.g. status='completed'), or all=True to delete every task"
+            )
         with self.db.write() as conn:
             ids = task_store.matching_ids(conn, f)
             total = len(ids)
@@ -790,7 +990,9 @@ class TaskManager:
             checks = [_check("settings", "fail", f"{loaded}; {len(stray)} unknown FLOWD_* variable(s)", stray)]
         else:
             checks = [_check("settings", "pass", loaded)]
-        handlers = _doctor_handlers(Path(self.settings.handlers_dir), self.settings.plugin_import_timeout)
+        handlers = _doctor_handlers(
+            Path(self.settings.handlers_dir), self.settings.plugin_import_timeout, self.settings.handler_modules
+        )
         try:
             db = self.db
             if db.sqlite_file is not None and not Path(db.sqlite_file).exists():
@@ -913,6 +1115,17 @@ class TaskManager:
         return worker.summary()
 
 
+def _result_of(t: TaskRecord) -> Any:
+    if t.status is TaskStatus.PERMANENTLY_FAILED:
+        raise TaskFailed(t.id, t.error)
+    return t.result
+
+
+def connect(db_url: str | None = None, *, config: str | None = None, **settings: Any) -> TaskManager:
+    """A TaskManager, for scripts: `with flowd.connect("postgresql+psycopg://…") as tm: …`."""
+    return TaskManager(db_url, config=config, **settings)
+
+
 # Above this, `flowd doctor` fails the clock check. Leases are generous (30 s by default),
 # but skew across hosts adds up: each host is compared with the database, the one shared clock.
 MAX_CLOCK_SKEW = 2.0
@@ -951,18 +1164,23 @@ def _doctor_schema(current: str | None, head: str, known: bool) -> dict[str, Any
     )
 
 
-def _doctor_handlers(directory: Path, import_timeout: float) -> dict[str, Any]:
-    if not directory.is_dir():
+def _doctor_handlers(directory: Path, import_timeout: float, modules: Sequence[str] = ()) -> dict[str, Any]:
+    if not directory.is_dir() and not modules:
         return _check("handlers", "fail", f"{directory} is not a directory: create it or set FLOWD_HANDLERS_DIR")
     # the worker's import timeout: a plugin that blocks at import is a FAIL, not a hang
-    reg = PluginLoader(directory, import_timeout).load()[0]
+    plugins = PluginLoader(directory, import_timeout).load()[0] if directory.is_dir() else Registry()
+    reg = merge(plugins, load_modules(modules))
+    where = ", ".join([*([str(directory)] if directory.is_dir() else []), *modules])
     if reg.errors:
-        # each error already reads "file:line: Type: message"
+        # each error already reads "file:line: Type: message" (or names the module)
         return _check(
-            "handlers", "fail", f"{len(reg.errors)} file(s) in {directory} failed to import", list(reg.errors.values())
+            "handlers",
+            "fail",
+            f"{len(reg.errors)} file(s) or module(s) of {where} failed to import",
+            list(reg.errors.values()),
         )
     listed = ", ".join(reg.names()) or "none found"
-    return _check("handlers", "pass", f"{len(reg.handlers)} handler(s) in {directory}: {listed}")
+    return _check("handlers", "pass", f"{len(reg.handlers)} handler(s) in {where}: {listed}")
 
 
 def _doctor_pooler(r: dict[str, Any], setting: str, poll_interval: float) -> dict[str, Any]:

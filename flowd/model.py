@@ -139,6 +139,9 @@ class TaskRecord(_Fields):
     entity_id: str | None = None
     # attempts in a row interrupted by the death (or supersession) of their worker
     recoveries: int = 0
+    retry_backoff: str = "fixed"
+    retry_max_interval: float = 3600.0
+    retry_jitter: bool = False
     # the plugin version of the running attempt (its attempt row takes it when it ends)
     handler_version: str | None = None
 
@@ -314,6 +317,9 @@ class NewTask:
     max_retries: int = 3
     retry_interval: float = 0.0
     timeout: float = 60.0
+    retry_backoff: str = "fixed"
+    retry_max_interval: float = 3600.0
+    retry_jitter: bool = False
     next_run_time: datetime | None = None
     parent_id: TaskId | None = None
     root_id: TaskId | None = None

@@ -24,7 +24,7 @@ from flowd.limits import MAX_SECONDS
 from flowd.logging import importing
 from flowd.model import EventType
 from flowd.rules.constraints import Constraint
-from flowd.rules.options import InvalidInput, check_name, check_options
+from flowd.rules.options import OPTION_KEYS, InvalidInput, check_name, check_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 MARK = "__flowd_handler__"
@@ -56,6 +56,12 @@ class HandlerSpec:
         return int(v) if v is not None else None
 
     @property
+    def schedule(self) -> dict[str, Any] | None:
+        """The schedule declared with `@handler(..., cron=...)`: `{"cron", "tz", "payload"}`, or None."""
+        v = self.options.get("schedule")
+        return dict(v) if v else None
+
+    @property
     def steps(self) -> dict[str, float] | None:
         """Declared steps (name → weight) for `task.step()`, if any."""
         v = self.options.get("steps")
@@ -63,7 +69,7 @@ class HandlerSpec:
 
     def task_options(self) -> dict[str, Any]:
         """The options that become task defaults (max_concurrent is a worker limit)."""
-        return {k: v for k, v in self.options.items() if k in ("timeout", "max_retries", "retry_interval", "priority")}
+        return {k: v for k, v in self.options.items() if k in OPTION_KEYS}
 
 
 def handler(
@@ -76,21 +82,35 @@ def handler(
     max_concurrent: int | None = None,
     steps: Mapping[str, float] | None = None,
     constraints: Sequence[Constraint] | None = None,
+    retry_backoff: str | None = None,
+    retry_max_interval: float | None = None,
+    retry_jitter: bool | None = None,
+    cron: str | None = None,
+    tz: str | None = None,
+    payload: Mapping[str, Any] | None = None,
 ) -> Callable[[F], F]:
     """Declare a function (sync or `async def`) as the handler for task `name`.
 
     `constraints`: groups made with `flowd.constraint(...)` that its tasks must respect.
+    `cron` (with optional `tz` and `payload`): a schedule that exists while a worker serving
+    this handler runs, kept under the key `handler:<name>` (see `schedule_key`).
     """
     check_name(name)
+    if cron is None and (tz is not None or payload is not None):
+        raise InvalidInput(f"@handler({name!r}): tz and payload describe a schedule: give cron= as well")
     opts = check_options(
         {
             "timeout": timeout,
             "max_retries": max_retries,
             "retry_interval": retry_interval,
             "priority": priority,
+            "retry_backoff": retry_backoff,
+            "retry_max_interval": retry_max_interval,
+            "retry_jitter": retry_jitter,
             "max_concurrent": max_concurrent,
             "steps": steps,
             "constraints": list(constraints) if constraints else None,
+            "schedule": {"cron": cron, "tz": tz, "payload": payload} if cron is not None else None,
         }
     )
 
@@ -425,4 +445,65 @@ def make_spec(name: str, fn: Callable[..., Any], options: Mapping[str, Any] | No
     check_name(name)
     if not callable(fn):
         raise InvalidInput(f"handler for {name!r} is not callable")
-    return HandlerSpec(name=name, fn=fn, options=check_options(dict(options or {})))
+    opts = dict(options or {})
+    if any(k in opts for k in ("cron", "tz", "payload")):
+        # use(name, {"handler": fn, "options": {"cron": ..., "tz": ..., "payload": ...}}) as @handler takes them
+        if opts.get("cron") is None:
+            raise InvalidInput(f"handler {name!r}: tz and payload describe a schedule: give cron as well")
+        opts["schedule"] = {"cron": opts.pop("cron"), "tz": opts.pop("tz", None), "payload": opts.pop("payload", None)}
+    return HandlerSpec(name=name, fn=fn, options=check_options(opts))
+
+
+MODULE_SOURCE = "module:"
+"""The `source` of a handler imported from a module (`module:myapp.tasks`), not a plugin file."""
+
+
+def load_modules(names: Sequence[str]) -> Registry:
+    """Import handler modules by dotted name from the Python path, the working directory included.
+
+    Each module is imported once per process (Python's own module cache): a change deploys by
+    restarting the worker, not by hot reload. A module that fails to import is reported in
+    `errors` under its name (one line: the module, the exception); the others still load.
+    """
+    import importlib
+    import os
+
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        # the `flowd` console script puts its own bin directory first, not the working directory
+        sys.path.append(cwd)
+    handlers: dict[str, HandlerSpec] = {}
+    hooks: dict[str, list[HookSpec]] = {}
+    errors: dict[str, str] = {}
+    for name in names:
+        source = MODULE_SOURCE + name
+        try:
+            module = importlib.import_module(name)
+        except BaseException as e:  # SystemExit or KeyboardInterrupt at import is a broken module too
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            errors[source] = f"handler module {name!r} failed to import: {type(e).__name__}: {e}"
+            continue
+        path = getattr(module, "__file__", None)
+        version = file_version(Path(path)) if path and Path(path).is_file() else None
+        for spec in specs_of_module(module, source, version):
+            if spec.name in handlers:
+                errors[source] = f"handler {spec.name!r} is declared twice ({handlers[spec.name].source}, {source})"
+                continue
+            handlers[spec.name] = spec
+        for hook in hooks_of_module(module, source):
+            hooks.setdefault(hook.event, []).append(hook)
+    return Registry(handlers, errors, {}, {e: tuple(hs) for e, hs in hooks.items()})
+
+
+def merge(base: Registry, extra: Registry) -> Registry:
+    """`base` (the plugin directory) plus `extra` (modules); a name both declare keeps base's, reported."""
+    handlers = dict(base.handlers)
+    errors = {**base.errors, **extra.errors}
+    for name, spec in extra.handlers.items():
+        if name in handlers:
+            errors[spec.source or name] = f"handler {name!r} is declared in {handlers[name].source} and {spec.source}"
+            continue
+        handlers[name] = spec
+    hooks = {e: (*base.hooks.get(e, ()), *extra.hooks.get(e, ())) for e in set(base.hooks) | set(extra.hooks)}
+    return Registry(handlers, errors, base.files, hooks)

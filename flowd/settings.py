@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     # connections a process keeps to a database server (a worker: plus one for wake-ups)
     db_pool_size: int = Field(1, ge=1, le=100)
     handlers_dir: Path = Path("handlers")
+    # importable modules declaring handlers (beside or instead of handlers_dir), imported once
+    handler_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     pod_id: str | None = Field(None, min_length=1, max_length=128)
     worker_id: str | None = Field(None, min_length=1, max_length=128)
     max_concurrent_tasks: int = Field(10, ge=1, le=10_000)
@@ -43,6 +45,11 @@ class Settings(BaseSettings):
     max_retries: int = Field(3, ge=1, le=MAX_RETRIES)
     # every duration: at most ten years (flowd.limits), so the worker can compute with it
     retry_interval: float = Field(0.0, ge=0, le=MAX_SECONDS)
+    # retries wait retry_interval each time ("fixed"), or retry_interval * 2^(n-1) after the
+    # n-th failed attempt ("exponential"), capped by retry_max_interval; jitter: from [w/2, w]
+    retry_backoff: Literal["fixed", "exponential"] = "fixed"
+    retry_max_interval: float = Field(3600.0, gt=0, le=MAX_SECONDS)
+    retry_jitter: bool = False
     timeout: float = Field(60.0, gt=0, le=MAX_SECONDS)
     task_heartbeat_interval: float = Field(5.0, gt=0, le=MAX_SECONDS)
     task_heartbeat_timeout: float = Field(30.0, gt=0, le=MAX_SECONDS)
@@ -83,6 +90,21 @@ class Settings(BaseSettings):
     def _split_statuses(cls, v: Any) -> Any:
         if isinstance(v, str):
             v = [s.strip() for s in v.replace(",", " ").split() if s.strip()]
+        return v
+
+    @field_validator("handler_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [m.strip() for m in v.replace(",", " ").split() if m.strip()]
+        return v
+
+    @field_validator("handler_modules")
+    @classmethod
+    def _dotted_names(cls, v: list[str]) -> list[str]:
+        for m in v:
+            if not all(part.isidentifier() for part in m.split(".")):
+                raise ValueError(f"{m!r} is not a module name like myapp.tasks")
         return v
 
     @field_validator("retention_statuses")
@@ -221,4 +243,12 @@ def unknown_env(environ: Mapping[str, str] | None = None) -> list[str]:
 
 def task_defaults(s: Settings) -> dict[str, Any]:
     """The settings-level task options (the last source `rules.options.resolve` consults)."""
-    return {"timeout": s.timeout, "max_retries": s.max_retries, "retry_interval": s.retry_interval, "priority": 0}
+    return {
+        "timeout": s.timeout,
+        "max_retries": s.max_retries,
+        "retry_interval": s.retry_interval,
+        "priority": 0,
+        "retry_backoff": s.retry_backoff,
+        "retry_max_interval": s.retry_max_interval,
+        "retry_jitter": s.retry_jitter,
+    }

@@ -79,6 +79,33 @@ def test_missing_or_broken_config_file__refused(tmp_path: Path) -> None:
         load_settings(tmp_path / "bad.toml")
 
 
+def test_handler_modules__a_list_from_env_toml_or_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().handler_modules == []
+    cfg = tmp_path / "m.toml"
+    cfg.write_text('handler_modules = ["myapp.tasks"]\n')
+    assert load_settings(cfg).handler_modules == ["myapp.tasks"]
+    monkeypatch.setenv("FLOWD_HANDLER_MODULES", "myapp.tasks, myapp.reports")
+    assert load_settings(cfg).handler_modules == ["myapp.tasks", "myapp.reports"]
+    assert load_settings(cfg, handler_modules=["other"]).handler_modules == ["other"]
+    monkeypatch.setenv("FLOWD_HANDLER_MODULES", "myapp/tasks.py")
+    with pytest.raises(BadInput, match="handler_modules"):
+        load_settings()
+
+
+def test_backoff_settings__bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert (s.retry_backoff, s.retry_max_interval, s.retry_jitter) == ("fixed", 3600.0, False)
+    monkeypatch.setenv("FLOWD_RETRY_BACKOFF", "exponential")
+    monkeypatch.setenv("FLOWD_RETRY_JITTER", "true")
+    s = load_settings()
+    assert (s.retry_backoff, s.retry_jitter) == ("exponential", True)
+    for name, bad in (("retry_backoff", "linear"), ("retry_max_interval", "0"), ("retry_max_interval", "1e10")):
+        monkeypatch.setenv(f"FLOWD_{name.upper()}", bad)
+        with pytest.raises(BadInput, match=name):
+            load_settings()
+        monkeypatch.delenv(f"FLOWD_{name.upper()}")
+
+
 DURATIONS = [
     "retry_interval",
     "timeout",

@@ -56,6 +56,12 @@ def register(app: typer.Typer) -> None:
         ] = None,
         poll_interval: Annotated[float | None, typer.Option("--poll-interval", show_default=False)] = None,
         no_reload: Annotated[bool, typer.Option("--no-reload", help="do not watch the plugin directory")] = False,
+        module: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--module", help="import handlers from this module, e.g. myapp.tasks (repeatable)", show_default=False
+            ),
+        ] = None,
         metrics_port: Annotated[
             int | None,
             typer.Option("--metrics-port", help="serve Prometheus /metrics and /healthz here", show_default=False),
@@ -79,6 +85,7 @@ def register(app: typer.Typer) -> None:
             max_concurrent_tasks=concurrency,
             poll_interval=poll_interval,
             reload=False if no_reload else None,
+            handler_modules=module or None,
             metrics_port=metrics_port,
             metrics_host=metrics_host,
         )

@@ -22,7 +22,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document")
 def manager(db: str | None, config: str | None, **overrides: Any) -> TaskManager:
     from flowd.manager import TaskManager
 
-    m = TaskManager(config=config, db_url=db, **overrides)
+    m = TaskManager(config=config, db_url=db, _cli=True, **overrides)
     # submit, cron, flows and constraints import the plugin files (handler options): what
     # a plugin prints at import goes to stderr, so stdout stays the id or one JSON document
     m.import_output = sys.stderr

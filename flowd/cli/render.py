@@ -363,6 +363,9 @@ def handlers_table(items: list[dict[str, Any]]) -> None:
             ", ".join(h["worker_id"] for h in hs),
         )
     console().print(table)
+    if any((h["source"] or "").startswith("module:") for h in items):
+        # handler modules are imported once per worker process: no hot reload for them
+        line("module:… handlers are imported once: restart the workers to deploy a change")
 
 
 def kv(doc: dict[str, Any]) -> None:

@@ -20,6 +20,18 @@ Retries = Annotated[
 Interval = Annotated[
     float | None, typer.Option("--retry-interval", help="seconds between attempts", show_default=False)
 ]
+Backoff = Annotated[
+    str | None,
+    typer.Option("--retry-backoff", help="fixed or exponential (retry_interval doubling)", show_default=False),
+]
+MaxInterval = Annotated[
+    float | None,
+    typer.Option("--retry-max-interval", help="cap of an exponential wait, seconds", show_default=False),
+]
+Jitter = Annotated[
+    bool | None,
+    typer.Option("--retry-jitter/--no-retry-jitter", help="draw each wait from [w/2, w]", show_default=False),
+]
 Labels = Annotated[list[str] | None, typer.Option("--label", help="K=V (repeatable)", show_default=False)]
 Key = Annotated[
     str | None, typer.Option("--key", help="idempotency key: reuse the active task with this key", show_default=False)
@@ -54,6 +66,31 @@ def _options(
     return {k: v for k, v in opts.items() if v is not None and v != {}}
 
 
+def _backoff(backoff: str | None, max_interval: float | None, jitter: bool | None) -> dict[str, Any]:
+    opts = {"retry_backoff": backoff, "retry_max_interval": max_interval, "retry_jitter": jitter}
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+def _wait_for(m: Any, tid: int, timeout: float | None, json_: bool) -> None:
+    """`--wait`: print the result (or the task with --json) once it completed; exit 1 otherwise."""
+    from flowd.cli import render
+    from flowd.errors import FlowdError
+    from flowd.model import TaskStatus
+    from flowd.rules.shapes import task_json
+
+    try:
+        t = m.wait(tid, timeout)
+    except TimeoutError:
+        status = m.get_task(tid).status.value
+        raise FlowdError(f"task {tid} is still {status} after {timeout:g}s (--wait-timeout)") from None
+    if json_:
+        render.emit_json(task_json(t))
+    if t.status is TaskStatus.PERMANENTLY_FAILED:
+        raise FlowdError(f"task {tid} failed: {t.error}")
+    if not json_:
+        render.emit_json(t.result)
+
+
 def _created(m: Any, tid: int, json_: bool) -> None:
     """Print a new task: its id alone on a line, or the task document with --json."""
     from flowd.cli import render
@@ -83,21 +120,39 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--entity", help="TYPE:ID the task is about (see flowd entity)")
         ] = None,
         allow_unknown: AllowUnknown = False,
+        retry_backoff: Backoff = None,
+        retry_max_interval: MaxInterval = None,
+        retry_jitter: Jitter = None,
+        wait: Annotated[
+            bool, typer.Option("--wait", help="wait for the task to end; print its result (the task with --json)")
+        ] = False,
+        wait_timeout: Annotated[
+            float | None,
+            typer.Option("--wait-timeout", help="with --wait: give up after S seconds (exit 1)", show_default=False),
+        ] = None,
         json_: JsonOpt = False,
         db: DbOpt = None,
         config: ConfigOpt = None,
     ) -> None:
-        """Enqueue an async task; prints its id."""
+        """Enqueue an async task; prints its id (with --wait: its result once it ended)."""
 
+        if wait_timeout is not None and not wait:
+            raise BadInput("--wait-timeout needs --wait")
+        if wait_timeout is not None and not 0 <= wait_timeout < float("inf"):
+            raise BadInput(f"--wait-timeout must be >= 0 seconds, not {wait_timeout:g}")
         body = parse_payload(payload)
         m = manager(db, config)
         opts = _options(delay, priority, tag, timeout, max_retries, retry_interval, label, key)
+        opts.update(_backoff(retry_backoff, retry_max_interval, retry_jitter))
         if debounce is not None:
             opts["debounce"] = debounce
         if entity is not None:
             opts["entity"] = entity
         tid = m.submit(name, body, allow_unknown=allow_unknown, **opts)
-        _created(m, tid, json_)
+        if wait:
+            _wait_for(m, tid, wait_timeout, json_)
+        else:
+            _created(m, tid, json_)
 
     @app.command()
     def cron(
@@ -114,6 +169,9 @@ def register(app: typer.Typer) -> None:
         tz: Annotated[str | None, typer.Option("--tz", help="IANA zone of the schedule", show_default=False)] = None,
         delay: Delay = None,
         allow_unknown: AllowUnknown = False,
+        retry_backoff: Backoff = None,
+        retry_max_interval: MaxInterval = None,
+        retry_jitter: Jitter = None,
         json_: JsonOpt = False,
         db: DbOpt = None,
         config: ConfigOpt = None,
@@ -123,6 +181,7 @@ def register(app: typer.Typer) -> None:
         body = parse_payload(payload)
         m = manager(db, config)
         opts = _options(delay, priority, tag, timeout, max_retries, retry_interval, label, key)
+        opts.update(_backoff(retry_backoff, retry_max_interval, retry_jitter))
         tid = m.cron(name, expr, body, tz=tz, allow_unknown=allow_unknown, **opts)
         _created(m, tid, json_)
 

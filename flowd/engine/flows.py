@@ -117,6 +117,9 @@ class Resolver:
             "constraints": [k.as_dict() for k in keys],
             "max_retries": resolved.max_retries,
             "retry_interval": resolved.retry_interval,
+            "retry_backoff": resolved.retry_backoff,
+            "retry_max_interval": resolved.retry_max_interval,
+            "retry_jitter": resolved.retry_jitter,
             "timeout": resolved.timeout,
             "delay": opt.check_delay(d.get("delay", 0)),
         }
@@ -132,6 +135,10 @@ def new_task(resolved: Mapping[str, Any], now: datetime, **links: Any) -> NewTas
         labels=dict(resolved.get("labels") or {}),
         max_retries=int(resolved["max_retries"]),
         retry_interval=float(resolved["retry_interval"]),
+        # flows started before these options existed stored no backoff: today's fixed interval
+        retry_backoff=str(resolved.get("retry_backoff", "fixed")),
+        retry_max_interval=float(resolved.get("retry_max_interval", 3600.0)),
+        retry_jitter=bool(resolved.get("retry_jitter", False)),
         timeout=float(resolved["timeout"]),
         next_run_time=after(now, float(resolved.get("delay") or 0)),
         constraints=tuple(TaskKey(**k) for k in resolved.get("constraints") or ()),

@@ -26,7 +26,7 @@ from typing import Any
 
 from flowd.audit import retention
 from flowd.clock import after, iso, utcnow
-from flowd.engine import flows, ops
+from flowd.engine import flows, ops, schedules
 from flowd.engine.hooks import HookRunner
 from flowd.engine.notify import Notifier
 from flowd.engine.runner import AsyncLoop, ThreadPool
@@ -873,6 +873,8 @@ class Worker:
         s = self.settings
         reg = self.registry
         if reg is not self._published:
+            # at start and at each swap: the schedules declared with @handler(cron=...) follow the code
+            schedules.sync(self.db, reg, s, now)
             catalog.publish(self.db, self.worker_id, reg, s.worker_heartbeat_timeout, now)
             self._published = reg
             self._next["handlers_hb"] = after(now, s.worker_heartbeat_interval)

@@ -18,7 +18,20 @@ from flowd.rules.options import InvalidInput, check_name, check_text
 POLICIES = ("continue", "abort")
 FLOW, CHAIN = "flow", "chain"
 STEP_KEYS = frozenset(
-    {"name", "payload", "priority", "timeout", "max_retries", "retry_interval", "tag", "labels", "delay"}
+    {
+        "name",
+        "payload",
+        "priority",
+        "timeout",
+        "max_retries",
+        "retry_interval",
+        "retry_backoff",
+        "retry_max_interval",
+        "retry_jitter",
+        "tag",
+        "labels",
+        "delay",
+    }
 )
 
 

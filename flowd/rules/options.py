@@ -26,7 +26,17 @@ from flowd.limits import (
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 CODE_RE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
-OPTION_KEYS = ("timeout", "max_retries", "retry_interval", "priority")
+OPTION_KEYS = (
+    "timeout",
+    "max_retries",
+    "retry_interval",
+    "priority",
+    "retry_backoff",
+    "retry_max_interval",
+    "retry_jitter",
+)
+BACKOFFS = ("fixed", "exponential")
+BACKOFF_DEFAULTS = {"retry_backoff": "fixed", "retry_max_interval": 3600.0, "retry_jitter": False}
 
 
 class InvalidInput(ValueError):
@@ -195,6 +205,9 @@ class TaskOptions:
     max_retries: int
     retry_interval: float
     priority: int
+    retry_backoff: str = "fixed"
+    retry_max_interval: float = 3600.0
+    retry_jitter: bool = False
 
 
 def check_options(opts: Mapping[str, Any]) -> dict[str, Any]:
@@ -212,6 +225,18 @@ def check_options(opts: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = check_int("max_retries", value, 1, MAX_RETRIES)
         elif key == "priority":
             out[key] = check_int("priority", value, PRIORITY_MIN, PRIORITY_MAX)
+        elif key == "retry_backoff":
+            if value not in BACKOFFS:
+                raise InvalidInput(f"retry_backoff must be 'fixed' or 'exponential', not {value!r}")
+            out[key] = value
+        elif key == "retry_max_interval":
+            out[key] = check_seconds("retry_max_interval", value, zero_ok=False)
+        elif key == "retry_jitter":
+            if not isinstance(value, bool):
+                raise InvalidInput(f"retry_jitter must be true or false, not {value!r}")
+            out[key] = value
+        elif key == "schedule":
+            out[key] = check_schedule(value)
         elif key == "steps":
             out[key] = check_steps(value)
         elif key == "constraints":
@@ -225,6 +250,24 @@ def check_options(opts: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_schedule(value: Any) -> dict[str, Any]:
+    """A handler's declared schedule: `{"cron": expr, "tz": zone or None, "payload": {...}}`."""
+    from flowd.rules import cron as cron_rules  # croniter loads only when a schedule is declared
+
+    if not isinstance(value, Mapping) or not isinstance(value.get("cron"), str):
+        raise InvalidInput("a schedule needs cron='<expression>', e.g. cron='0 7 * * *'")
+    tz = value.get("tz")
+    try:
+        expr = cron_rules.validate(value["cron"])
+        if tz is not None:
+            if not isinstance(tz, str) or not tz:
+                raise InvalidInput(f"tz must be an IANA zone name such as Europe/Berlin, not {tz!r}")
+            cron_rules.zone(tz)
+    except cron_rules.CronError as e:
+        raise InvalidInput(str(e)) from e
+    return {"cron": expr, "tz": tz, "payload": check_payload(value.get("payload") or {})}
+
+
 def resolve(*layers: Mapping[str, Any]) -> TaskOptions:
     """First layer that sets an option wins (submit > handler > parent > settings)."""
     merged: dict[str, Any] = {}
@@ -232,6 +275,8 @@ def resolve(*layers: Mapping[str, Any]) -> TaskOptions:
         for key in OPTION_KEYS:
             if key not in merged and layer.get(key) is not None:
                 merged[key] = layer[key]
+    for key, default in BACKOFF_DEFAULTS.items():  # today's fixed interval when no layer says
+        merged.setdefault(key, default)
     missing = [k for k in OPTION_KEYS if k not in merged]
     if missing:
         raise InvalidInput(f"options not resolved: {missing}")
@@ -242,6 +287,9 @@ def resolve(*layers: Mapping[str, Any]) -> TaskOptions:
         max_retries=int(merged["max_retries"]),
         retry_interval=float(merged["retry_interval"]),
         priority=int(merged["priority"]),
+        retry_backoff=str(merged["retry_backoff"]),
+        retry_max_interval=float(merged["retry_max_interval"]),
+        retry_jitter=bool(merged["retry_jitter"]),
     )
 
 

@@ -9,6 +9,7 @@ changes nothing. No I/O here.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -130,16 +131,36 @@ def has_attempts_left(task: TaskRecord) -> bool:
     return task.retry_count + 1 < task.max_retries
 
 
+def retry_wait(task: TaskRecord) -> float:
+    """Seconds the retry after this failed attempt waits (SEMANTICS §2, with the backoff options).
+
+    `fixed`: `retry_interval`. `exponential`: `retry_interval * 2^(n-1)` after the n-th failed
+    attempt (n = retry_count + 1), capped by `retry_max_interval`. With `retry_jitter` the wait
+    is drawn uniformly from [w/2, w]; the draw is seeded by the task id and attempt number, so
+    the rule stays a pure function (a replay gives the same wait) while tasks failing together
+    spread out.
+    """
+    w = task.retry_interval
+    if task.retry_backoff == "exponential":
+        # the exponent is bounded so a large retry_count cannot overflow; the cap wins long before
+        w = min(w * 2.0 ** min(task.retry_count, 1000), task.retry_max_interval)
+    if task.retry_jitter and w > 0:
+        u = random.Random(f"{task.id}:{task.attempt}").random()
+        w = w / 2 + u * (w / 2)
+    return w
+
+
 def _after_failure(
     task: TaskRecord, failed_as: TaskStatus, error: str, now: datetime
 ) -> tuple[TaskStatus, dict[str, Any], EventSpec]:
     """Where a failed or timed-out attempt leads: a retry, permanent failure, or (cron) pause."""
     if has_attempts_left(task):
         retry_count = task.retry_count + 1
+        wait = retry_wait(task)
         values: dict[str, Any] = {
             "retry_count": retry_count,
             # bounded: a row written before intervals were (flowd.limits) must not jam the worker
-            "next_run_time": after(now, min(task.retry_interval, MAX_SECONDS)),
+            "next_run_time": after(now, min(wait, MAX_SECONDS)),
             "stage": 0,
             "result": None,
             "context": None,
@@ -149,8 +170,8 @@ def _after_failure(
             EventType.TASK_RETRY_SCHEDULED,
             failed_as,
             S.PENDING,
-            f"retry {retry_count} of {task.max_retries - 1} in {task.retry_interval:g}s",
-            {"retry_count": retry_count, "previous_status": failed_as.value},
+            f"retry {retry_count} of {task.max_retries - 1} in {wait:g}s",
+            {"retry_count": retry_count, "previous_status": failed_as.value, "wait": wait},
         )
         return S.PENDING, values, event
     if task.type is TaskType.CRON:

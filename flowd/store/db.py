@@ -452,6 +452,25 @@ class Database:
             return wakeup.Prober(self._server_engine(self.url, 1), wake).start()
         return None
 
+    def watch_ends(self, wake: Callable[[], None]) -> Any:
+        """Start a thread that calls `wake` when tasks may have ended (for `TaskManager.wait`):
+        LISTEN on the ended channel (PostgreSQL), the watch on the database file (SQLite), a
+        tick at the probe interval (MySQL/MariaDB); None for in-memory SQLite (poll only)."""
+        from flowd.store import wakeup
+
+        if self.dialect == "postgresql":
+            separate = self.listen_url != self.url
+            if self.pooled and not separate:  # LISTEN needs a session: poll_interval it is
+                wakeup.say_listen_unavailable(self.display_url)
+                return None
+            pooled = (None if self._pooled_setting == "auto" else False) if separate else self.pooled
+            return wakeup.Listener(self.listen_url, wake, pooled=pooled, channel=wakeup.ENDED_CHANNEL).start()
+        if self.sqlite_file is not None:
+            return wakeup.FileWatcher(self.sqlite_file, wake).start()
+        if not self.is_sqlite:
+            return wakeup.Ticker(wake).start()
+        return None
+
     def pooling_report(self) -> dict[str, Any] | None:
         """PostgreSQL: pooling and the connection budget as the server sees them (None elsewhere).
 

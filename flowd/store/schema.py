@@ -146,6 +146,11 @@ tasks = sa.Table(
     sa.Column("entity_id", _s(255), nullable=True),
     # attempts in a row interrupted by the death of their worker (max_recoveries ends the run)
     sa.Column("recoveries", sa.Integer, nullable=False, server_default="0"),
+    # retry backoff: "fixed" (retry_interval each time) or "exponential" (doubling, capped
+    # by retry_max_interval); retry_jitter draws each wait from [w/2, w]
+    sa.Column("retry_backoff", _s(16), nullable=False, server_default="fixed"),
+    sa.Column("retry_max_interval", sa.Float, nullable=False, server_default="3600"),
+    sa.Column("retry_jitter", sa.Boolean, nullable=False, server_default=sa.false()),
     # the plugin version (content hash) of the running attempt: the attempt row, written
     # once when the attempt ends, takes it (with worker_id, attempt, stage and started_at)
     sa.Column("handler_version", _s(64), nullable=True),

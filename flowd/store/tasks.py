@@ -65,8 +65,9 @@ _INTS = tuple(
     _COLUMNS.index(n) for n in ("id", "priority", "stage", "retry_count", "max_retries", "attempt", "recoveries")
 )
 _OPTIONAL_INTS = tuple(_COLUMNS.index(n) for n in ("parent_id", "root_id", "flow_id"))
-_FLOATS = tuple(_COLUMNS.index(n) for n in ("retry_interval", "timeout"))
-_I = {name: _COLUMNS.index(name) for name in ("type", "status", "payload", "labels", "context", "constrained")}
+_FLOATS = tuple(_COLUMNS.index(n) for n in ("retry_interval", "timeout", "retry_max_interval"))
+_BOOLS = tuple(_COLUMNS.index(n) for n in ("constrained", "retry_jitter"))
+_I = {name: _COLUMNS.index(name) for name in ("type", "status", "payload", "labels", "context")}
 
 
 def _claimed_record(row: Sequence[Any]) -> TaskRecord:
@@ -102,7 +103,8 @@ def _record(v: list[Any]) -> TaskRecord:
     v[at["labels"]] = v[at["labels"]] or {}
     if v[at["context"]] is not None:
         v[at["context"]] = bytes(v[at["context"]])
-    v[at["constrained"]] = bool(v[at["constrained"]])
+    for i in _BOOLS:
+        v[i] = bool(v[i])
     return TaskRecord(*v)
 
 
@@ -128,6 +130,9 @@ def _template_values(new: NewTask, now: datetime) -> dict[str, Any]:
         "retry_count": 0,
         "max_retries": new.max_retries,
         "retry_interval": new.retry_interval,
+        "retry_backoff": new.retry_backoff,
+        "retry_max_interval": new.retry_max_interval,
+        "retry_jitter": new.retry_jitter,
         "timeout": new.timeout,
         "next_run_time": new.next_run_time or now,
         "attempt": 0,
@@ -271,6 +276,19 @@ def get_many(conn: sa.Connection, ids: Iterable[int]) -> list[TaskRecord]:
     return [to_record(r) for r in rows]
 
 
+# the statuses `TaskManager.wait()` returns on: an async task is over
+ENDED_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.PERMANENTLY_FAILED})
+
+
+def ended_among(conn: sa.Connection, ids: Iterable[int]) -> list[TaskId]:
+    """Which of `ids` are completed or permanently failed (primary-key look-ups)."""
+    ids = list(ids)
+    if not ids:
+        return []
+    q = sa.select(T.c.id).where(T.c.id.in_(ids), T.c.status.in_([s.value for s in ENDED_STATUSES]))
+    return [TaskId(int(i)) for i in conn.execute(q).scalars()]
+
+
 def find_active_by_key(conn: sa.Connection, key: str, type_: TaskType | None = None) -> TaskRecord | None:
     """The newest task with `key` that is not finished (for idempotent submit and cron)."""
     q = sa.select(T).where(T.c.key == key, T.c.status.notin_([s.value for s in FINISHED_STATUSES]))
@@ -278,6 +296,21 @@ def find_active_by_key(conn: sa.Connection, key: str, type_: TaskType | None = N
         q = q.where(T.c.type == type_.value)
     row = conn.execute(q.order_by(T.c.id.desc()).limit(1)).first()
     return to_record(row) if row is not None else None
+
+
+def active_by_keys(conn: sa.Connection, keys: Sequence[str], type_: TaskType) -> dict[str, TaskRecord]:
+    """Key → the newest unfinished task of that type with the key (for schedules declared in code)."""
+    if not keys:
+        return {}
+    q = sa.select(T).where(
+        T.c.key.in_(list(keys)), T.c.type == type_.value, T.c.status.notin_([s.value for s in FINISHED_STATUSES])
+    )
+    out: dict[str, TaskRecord] = {}
+    for row in conn.execute(q.order_by(T.c.id)).all():
+        t = to_record(row)
+        assert t.key is not None
+        out[t.key] = t  # ascending ids: the newest wins
+    return out
 
 
 def find_pending_by_key(conn: sa.Connection, key: str) -> TaskRecord | None:
@@ -371,6 +404,8 @@ def apply_transition(
         return False
     if tr.to_status is TaskStatus.PENDING and task.status is not TaskStatus.RUNNING:
         wakeup.notify(conn)  # a resume: due now for any idle worker
+    elif tr.to_status in ENDED_STATUSES:
+        wakeup.notify_ended(conn)  # for callers waiting on this task
     stage = values.get("stage", task.stage)
     who = task.worker_id if actor is None else (actor or None)
     insert_events(conn, task, tr.events, now, worker_id=who, attempt=task.attempt, stage=stage)
@@ -421,6 +456,8 @@ def apply_fenced_batch(
             return False
     insert_event_rows(conn, events, now)
     close_attempts(conn, closes)
+    if any(tr.to_status in ENDED_STATUSES for _t, tr, _f in items):
+        wakeup.notify_ended(conn)  # one for the batch: waiters re-read their tasks
     return True
 
 

@@ -29,6 +29,8 @@ from flowd.logging import get_logger
 from flowd.urls import mask_url, scrub
 
 CHANNEL = "flowd_tasks"
+# a task reached completed or permanently_failed: what `TaskManager.wait()` listens for
+ENDED_CHANNEL = "flowd_ended"
 log = get_logger("flowd.wakeup")
 
 
@@ -40,6 +42,13 @@ def notify(conn: sa.Connection, count: int = 1) -> None:
     """
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"NOTIFY {CHANNEL}, '{max(1, int(count))}'")
+
+
+def notify_ended(conn: sa.Connection) -> None:
+    """Tell waiting callers (`TaskManager.wait`) that tasks ended (PostgreSQL; a no-op elsewhere).
+    Identical notifications of one transaction are delivered as one: a batch of ends costs one."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"NOTIFY {ENDED_CHANNEL}")
 
 
 def announced(payload: str) -> int:
@@ -101,12 +110,14 @@ class Listener(_WakeThread):
         poll: float = 1.0,
         pooled: bool | None = None,
         answer: Callable[[int], bool] | None = None,
+        channel: str = CHANNEL,
     ) -> None:
         self._conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._display = mask_url(self._conninfo)
         self._poll = poll
         self._pooled = pooled
         self._answer = answer
+        self._channel = channel
         self.connected = threading.Event()
         super().__init__(wake)
 
@@ -124,7 +135,7 @@ class Listener(_WakeThread):
                     if self._pooled:
                         say_listen_unavailable(self._display)
                         return
-                    conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {self._channel}")
                     self.connected.set()
                     backoff = 0.5
                     # a missed notification while reconnecting is covered by this wake-up
@@ -177,6 +188,21 @@ class FileWatcher(_WakeThread):
 
 # how often a MySQL worker asks whether a task became pending: the idle submit→start latency
 PROBE_INTERVAL = 0.05
+
+
+class Ticker(_WakeThread):
+    """Calls `wake` every `interval` seconds: on MySQL/MariaDB, a waiter's probe is the check
+    of the awaited tasks itself (primary-key look-ups), run at the workers' probe interval."""
+
+    name = "flowd-tick"
+
+    def __init__(self, wake: Callable[[], None], *, interval: float = PROBE_INTERVAL) -> None:
+        self._interval = interval
+        super().__init__(wake)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._wake()
 
 
 def _stamp_query() -> sa.Select[Any]:

@@ -169,3 +169,20 @@ def take_lease(conn: sa.Connection, name: str, holder: str, now: datetime, expir
         return False
     conn.execute(sa.update(L).where(L.c.name == name).values(holder=holder, expires_at=expires_at))
     return True
+
+
+def lock_named(conn: sa.Connection, name: str, now: datetime) -> None:
+    """Serialise a fleet-wide critical section until the caller's transaction ends: a row lock
+    on `flowd_leases` row `name` (created on first use). SQLite's write transaction already
+    holds the whole file's write lock."""
+    if conn.dialect.name == "sqlite":
+        return
+    q = sa.select(L.c.name).where(L.c.name == name).with_for_update()
+    if conn.execute(q).first() is not None:
+        return
+    try:
+        # a concurrent creator blocks here on the key until it commits, then fails: lock it then
+        with conn.begin_nested():
+            conn.execute(sa.insert(L).values(name=name, holder="lock", expires_at=now))
+    except sa.exc.IntegrityError:
+        conn.execute(q).first()

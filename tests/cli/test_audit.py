@@ -31,6 +31,9 @@ TASK_EXTRA = {
     "flow_id",
     "flow_step",
     "entity",
+    "retry_backoff",
+    "retry_max_interval",
+    "retry_jitter",
 }  # beyond the contract, documented in the README
 PAGE_KEYS = {"items", "total", "limit", "offset", "has_more"}
 EVENT_KEYS = {

@@ -43,7 +43,7 @@ def test_debounce__burst_replaces_payload_and_pushes_the_start(
 def test_debounce__needs_a_key_and_no_delay(sqlite_url: str, make_manager: Callable[..., TaskManager]) -> None:
     m = make_manager(sqlite_url)
     m.use("sync", lambda t: None)
-    with pytest.raises(BadInput, match="--key"):
+    with pytest.raises(BadInput, match="debounce needs key"):
         m.submit("sync", {}, debounce=5)
     with pytest.raises(BadInput, match="delay"):
         m.submit("sync", {}, key="k", debounce=5, delay=1)

@@ -77,7 +77,7 @@ def test_submit__of_a_name_nobody_serves_is_refused_unless_allowed(
 ) -> None:
     wm, cli, _ = fleet
     wm.make_worker().run_once()
-    with pytest.raises(BadInput, match="--allow-unknown") as e:
+    with pytest.raises(BadInput, match="allow_unknown=True") as e:
         cli.submit("nope", {})
     assert "resize" in str(e.value), "the hint lists the names the fleet serves"
     with pytest.raises(BadInput):

@@ -128,7 +128,7 @@ def test_fail__retries_exactly_while_attempts_remain(retry_count: int, max_retri
         assert abs(delta - interval) < 0.002
         assert tr.values["stage"] == 0 and tr.values["context"] is None and tr.values["result"] is None
         assert tr.events[1].type is EventType.TASK_RETRY_SCHEDULED
-        assert tr.events[1].metadata == {"retry_count": retry_count + 1, "previous_status": "failed"}
+        assert tr.events[1].metadata == {"retry_count": retry_count + 1, "previous_status": "failed", "wait": interval}
     else:
         assert tr.to_status is S.PERMANENTLY_FAILED
         assert tr.values["error"] == "boom"
@@ -156,7 +156,7 @@ def test_timeout__records_type_and_retries() -> None:
     tr = r.fail(task(), "late", NOW, timed_out=True, timeout_type="heartbeat")
     assert tr.events[0].type is EventType.TASK_TIMED_OUT
     assert tr.events[0].metadata == {"timeout_type": "heartbeat"}
-    assert tr.events[1].metadata == {"retry_count": 1, "previous_status": "timeout"}
+    assert tr.events[1].metadata == {"retry_count": 1, "previous_status": "timeout", "wait": 0.0}
     assert tr.close_attempt is AttemptOutcome.TIMEOUT
 
 

@@ -39,15 +39,15 @@ def _index_sql(conn: sa.Connection) -> dict[str, str]:
     return {str(n): str(d) for n, d in conn.exec_driver_sql(q).all()}
 
 
-def test_upgrade_from_0010__keeps_the_tasks_and_makes_the_task_indexes_partial(empty_db_url: str) -> None:
+def test_upgrade_from_0011__keeps_the_tasks_and_makes_the_task_indexes_partial(empty_db_url: str) -> None:
     db = Database(empty_db_url)
     now = utcnow()
     with db.engine.begin() as conn:
-        command.upgrade(migrate.config(conn), "0010")
+        command.upgrade(migrate.config(conn), "0011")
     with db.engine.begin() as conn:
-        # the 0010 table has the columns of today's but handler_version: the insert fits it
+        # the 0011 table has the columns of today's but handler_version: the insert fits it
         ids = task_store.insert_tasks(conn, [NewTask(name="a", payload={"n": i}, tag="t") for i in range(3)], now)
-    assert db.create_schema() == ("0010", SCHEMA_REVISION)
+    assert db.create_schema() == ("0011", SCHEMA_REVISION)
     with db.engine.connect() as conn:
         kept = task_store.get_many(conn, ids)
         defs = _index_sql(conn)

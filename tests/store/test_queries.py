@@ -216,7 +216,7 @@ def test_task_filters__each_narrows_by_its_column(db: Database) -> None:
         (lambda m, t: m.task_audit(t, event_types=["task_exploded"]), "unknown event type"),
         (lambda m, t: m.task_audit(t, attempt=0), "attempt numbers start at 1"),
         (lambda m, t: m.task_audit(t, stage=-1), "stage must be >= 0"),
-        (lambda m, t: m.task_audit(t, since=at(5), until=at(1)), "--since is after --until"),
+        (lambda m, t: m.task_audit(t, since=at(5), until=at(1)), "since is after until"),
         (lambda m, t: m.workflow_audit(t, limit=0), "limit must be positive"),
         (lambda m, t: m.events(limit=0), "limit must be positive"),
     ],

@@ -8,7 +8,7 @@ flow, constraint flag) only rows where they are set. MySQL/MariaDB have no parti
 indexes: nothing changes there.
 
 Revision ID: 0013
-Revises: 0010
+Revises: 0011
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
