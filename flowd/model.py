@@ -57,6 +57,8 @@ class EventType(enum.StrEnum):
     """Audit event names; also the structlog event names of the same moments."""
 
     TASK_CREATED = "task_created"
+    # written at a claim before schema 0013, when a claim wrote task_claimed + task_started;
+    # older history still holds it, so it stays a known type for the audit filters
     TASK_CLAIMED = "task_claimed"
     TASK_STARTED = "task_started"
     TASK_RETRY_STARTED = "task_retry_started"
@@ -141,6 +143,8 @@ class TaskRecord(_Fields):
     retry_backoff: str = "fixed"
     retry_max_interval: float = 3600.0
     retry_jitter: bool = False
+    # the plugin version of the running attempt (its attempt row takes it when it ends)
+    handler_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +191,9 @@ class EventRecord(_Fields):
 
 @dataclass(frozen=True, slots=True)
 class AttemptRecord(_Fields):
-    id: int
+    # None for the attempt in progress: it lives on its task row until it ends, when its
+    # attempt row is written (once) and numbered
+    id: int | None
     task_id: TaskId
     attempt: int
     worker_id: str | None

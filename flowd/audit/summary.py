@@ -22,12 +22,17 @@ def _duration(a: AttemptRecord, now: datetime) -> float:
     return seconds_between(a.started_at, a.ended_at or now) or 0.0
 
 
+def _key(a: AttemptRecord) -> tuple[int, int]:
+    """An attempt's identity: (task, number); the attempt in progress has no row id yet."""
+    return (a.task_id, a.attempt)
+
+
 def critical_path(
     root: TaskNode,
     tasks: Sequence[TaskNode],
     attempts: Sequence[AttemptRecord],
     now: datetime,
-    durations: Mapping[int, float] | None = None,
+    durations: Mapping[tuple[int, int], float] | None = None,
 ) -> dict[str, Any]:
     """The heaviest root-to-leaf chain: each task weighs its longest attempt.
 
@@ -37,12 +42,12 @@ def critical_path(
     for t in sorted(tasks, key=lambda t: t.id):
         if t.parent_id is not None and t.id != root.id:
             kids[t.parent_id].append(t)
-    dur = durations if durations is not None else {a.id: _duration(a, now) for a in attempts}
+    dur = durations if durations is not None else {_key(a): _duration(a, now) for a in attempts}
     best: dict[int, AttemptRecord] = {}
     for a in sorted(attempts, key=lambda a: (a.task_id, a.attempt)):
         cur = best.get(a.task_id)
         # strictly longer replaces: equal durations keep the earlier attempt
-        if cur is None or dur[a.id] > dur[cur.id]:
+        if cur is None or dur[_key(a)] > dur[_key(cur)]:
             best[a.task_id] = a
     # weight of the heaviest chain below each task, and the child it goes through;
     # computed bottom-up with an explicit stack (workflows can be deeper than Python's recursion)
@@ -62,7 +67,7 @@ def critical_path(
         # a child left unweighed would be a cycle in broken data: it is skipped
         ready = [k for k in kids.get(t.id, []) if k.id in weight]
         chosen = max(ready, key=lambda k: weight[k.id], default=None)  # first maximum: the lower id
-        own = dur[best[t.id].id] if t.id in best else 0.0
+        own = dur[_key(best[t.id])] if t.id in best else 0.0
         weight[t.id] = own + (weight[chosen.id] if chosen is not None else 0.0)
         via[t.id] = chosen
     chain: list[TaskNode] = []
@@ -82,7 +87,7 @@ def critical_path(
                 "stage": rep.stage if rep else t.stage,
                 "attempt": rep.attempt if rep else None,
                 "outcome": rep.outcome.value if rep and rep.outcome else None,
-                "duration_seconds": dur[rep.id] if rep else 0.0,
+                "duration_seconds": dur[_key(rep)] if rep else 0.0,
                 "started_at": iso(rep.started_at) if rep else None,
                 "ended_at": iso(rep.ended_at) if rep else None,
             }
@@ -105,8 +110,9 @@ def summarize(
     last_end = max(ends) if ends else None
     root_node = next((t for t in tasks if t.id == root.id), None) or TaskNode.of(root)
     root_attempts = sorted((a for a in attempts if a.task_id == root.id), key=lambda a: a.attempt)
-    dur = {a.id: _duration(a, now) for a in attempts}
-    slowest = heapq.nsmallest(5, attempts, key=lambda a: (-dur[a.id], a.id))
+    dur = {_key(a): _duration(a, now) for a in attempts}
+    # ties: the lower row id first, an attempt in progress (no row yet) after the rows
+    slowest = heapq.nsmallest(5, attempts, key=lambda a: (-dur[_key(a)], a.id is None, a.id or 0, _key(a)))
     return {
         "root_task": task_json(root),
         "totals": {
@@ -146,5 +152,5 @@ def summarize(
             if t.status.value in FAILED_TASKS
         ],
         "critical_path": critical_path(root_node, tasks, attempts, now, dur),
-        "slowest_attempts": [{**attempt_json(a), "duration_seconds": dur[a.id]} for a in slowest],
+        "slowest_attempts": [{**attempt_json(a), "duration_seconds": dur[_key(a)]} for a in slowest],
     }

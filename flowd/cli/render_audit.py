@@ -25,7 +25,7 @@ FAILED = ("failed", "timeout", "permanently_failed")
 # metadata already shown in its own column (or too long for one line), and events whose
 # metadata only repeats the columns
 QUIET_META = {"attempt", "stage", "traceback", "type", "priority"}
-QUIET_EVENTS = {"task_created", "task_claimed", "task_started", "task_retry_started"}
+QUIET_EVENTS = {"task_created", "task_claimed", "task_started", "task_retry_started"}  # claimed: before 0013
 BAR = "█"
 
 

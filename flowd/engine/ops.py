@@ -19,7 +19,6 @@ from flowd.logging import get_logger
 from flowd.model import NewTask, TaskId, TaskRecord, TaskStatus
 from flowd.rules import transitions as rules
 from flowd.rules.transitions import EventSpec, Refused, Transition
-from flowd.store import attempts as attempts_store
 from flowd.store import events as events_store
 from flowd.store import tasks as store
 from flowd.store import workers as workers_store
@@ -86,16 +85,15 @@ def claim(
     leased: bool = False,
     aging: float | None = None,
 ) -> list[TaskRecord]:
-    """Claim due tasks, open their attempts (with the handler `versions`) and write their claim
-    events: one transaction. With `leased` (a pod worker), nothing is claimed unless the
-    worker's own registry row is still active."""
+    """Claim due tasks (their attempts in progress, with the handler `versions`, live on the
+    task rows) and write their `task_started` events: one transaction. With `leased` (a pod
+    worker), nothing is claimed unless the worker's own registry row is still active."""
 
     def tx(conn: Any) -> list[TaskRecord]:
         if leased and not workers_store.holds_lease(conn, worker_id):
             return []
-        claimed = store.claim_due(conn, worker_id, limits, slots, now, aging)
+        claimed = store.claim_due(conn, worker_id, limits, slots, now, aging, versions)
         if claimed:
-            attempts_store.open_attempts(conn, claimed, now, versions)
             rows: list[dict[str, Any]] = []
             for t in claimed:
                 specs = rules.claimed_events(t)

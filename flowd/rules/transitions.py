@@ -69,12 +69,13 @@ def _run_of_deaths_ends(task: TaskRecord) -> dict[str, Any]:
 
 
 def claimed_events(task: TaskRecord) -> tuple[EventSpec, ...]:
-    """Events of a claim; `task` is the row as it is after the claim (status running)."""
+    """Events of a claim; `task` is the row as it is after the claim (status running).
+
+    One `task_started` (pending → running, by the claiming worker) stands for the claim and
+    the start, which happen in the same transaction; a retry adds `task_retry_started`.
+    """
     meta = {"attempt": task.attempt, "retry_count": task.retry_count}
-    events = [
-        EventSpec(EventType.TASK_CLAIMED, S.PENDING, S.RUNNING, f"claimed by {task.worker_id}", meta),
-        EventSpec(EventType.TASK_STARTED, S.RUNNING, S.RUNNING, None, meta),
-    ]
+    events = [EventSpec(EventType.TASK_STARTED, S.PENDING, S.RUNNING, f"started by {task.worker_id}", meta)]
     if task.retry_count > 0:
         events.append(EventSpec(EventType.TASK_RETRY_STARTED, S.RUNNING, S.RUNNING, f"retry {task.retry_count}", meta))
     return tuple(events)

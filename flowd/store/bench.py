@@ -190,28 +190,26 @@ def attempt_span(conn: sa.Connection, after_id: int, upto_id: int) -> tuple[int,
 
 
 def start_latencies_ms(conn: sa.Connection, ids: Sequence[int]) -> list[float]:
-    """created_at → first attempt's started_at, in milliseconds, of these tasks."""
+    """created_at → first attempt's started_at, in milliseconds, of these tasks (the attempt
+    row once it ended, else the task row while that attempt is still in progress)."""
+    first = sa.case((T.c.attempt == 1, T.c.started_at), else_=None)
     q = (
-        sa.select(T.c.created_at, A.c.started_at)
-        .join(A, sa.and_(A.c.task_id == T.c.id, A.c.attempt == 1))
+        sa.select(T.c.created_at, sa.func.coalesce(A.c.started_at, first).label("started_at"))
+        .outerjoin(A, sa.and_(A.c.task_id == T.c.id, A.c.attempt == 1))
         .where(T.c.id.in_(list(ids)))
     )
-    return [(s - c).total_seconds() * 1000.0 for c, s in conn.execute(q).all()]
+    return [(s - c).total_seconds() * 1000.0 for c, s in conn.execute(q).all() if s is not None]
 
 
 def started(conn: sa.Connection, task_id: int) -> bool:
-    """Whether the task's first attempt has started."""
-    q = sa.select(A.c.id).where(A.c.task_id == task_id).limit(1)
-    return conn.execute(q).first() is not None
+    """Whether the task's first attempt has started (a claim numbers it on the task row)."""
+    q = sa.select(T.c.attempt).where(T.c.id == task_id)
+    return int(conn.execute(q).scalar_one_or_none() or 0) >= 1
 
 
 def attempts_per_worker(conn: sa.Connection, after_id: int, upto_id: int) -> list[int]:
     """Attempts each worker started on tasks with after_id < id <= upto_id (workers with none absent)."""
-    q = (
-        sa.select(sa.func.count())
-        .where(A.c.task_id > after_id, A.c.task_id <= upto_id)
-        .group_by(A.c.worker_id)
-    )
+    q = sa.select(sa.func.count()).where(A.c.task_id > after_id, A.c.task_id <= upto_id).group_by(A.c.worker_id)
     return [int(n) for (n,) in conn.execute(q).all()]
 
 

@@ -160,6 +160,8 @@ def update(
     equal = dict(equal or {})
     if conn.dialect.name == "postgresql" and len(rows) >= COPY_MIN_ROWS:
         return _update_from_arrays(conn, table, keys, rows, match, equal, null)
+    if conn.dialect.name in ("mysql", "mariadb") and len(rows) > 1:
+        return _update_joined(conn, table, keys, rows, match, equal, null)
     spec = ("update", table.name, tuple(match.items()), tuple(equal.items()), tuple(null))
 
     def build() -> sa.Update:
@@ -207,6 +209,46 @@ def _update_from_arrays(
         )
         _statements[cache_key] = sql
     params: list[Any] = [_column(processor(conn, table, match.get(k, k)), [r[k] for r in rows]) for k in keys]
+    for col, value in equal.items():
+        proc = processor(conn, table, col)
+        params.append(proc(value) if proc else value)
+    return int(conn.exec_driver_sql(sql, tuple(params)).rowcount or 0)
+
+
+def _update_joined(
+    conn: sa.Connection,
+    table: sa.Table,
+    keys: tuple[str, ...],
+    rows: Sequence[Mapping[str, Any]],
+    match: Mapping[str, str],
+    equal: Mapping[str, Any],
+    null: Sequence[str],
+) -> int:
+    """MySQL/MariaDB: `update` as one statement, `UPDATE t JOIN (SELECT … UNION ALL SELECT …) v`.
+
+    The driver runs an executemany of UPDATEs as one statement and one round trip a row;
+    this is one of each for the batch. The count is of the rows matched (the dialect asks
+    for found rows), as with executemany: keys identify one row each.
+    """
+    dialect = conn.dialect
+    cache_key = ("joined", table.name, keys, tuple(match.items()), tuple(equal), tuple(null))
+    head = _statements.get(cache_key)
+    if head is None:
+        prep = dialect.identifier_preparer
+        name = prep.format_table(table)
+        alias = {k: f"v{i}" for i, k in enumerate(keys)}
+        sets = ", ".join(f"t.{prep.quote(k)} = v.{alias[k]}" for k in keys if k not in match)
+        where = [f"t.{prep.quote(col)} = v.{alias[k]}" for k, col in match.items()]
+        where += [f"t.{prep.quote(col)} = %s" for col in equal]
+        where += [f"t.{prep.quote(col)} IS NULL" for col in null]
+        first = "SELECT " + ", ".join(f"%s AS {alias[k]}" for k in keys)
+        # {rows}: the first SELECT, then one UNION ALL SELECT a further row
+        head = f"UPDATE {name} AS t JOIN ({first}{{rows}}) AS v ON {' AND '.join(where)} SET {sets}"
+        _statements[cache_key] = head
+    more = " UNION ALL SELECT " + ", ".join(["%s"] * len(keys))
+    sql = head.replace("{rows}", more * (len(rows) - 1), 1)
+    columns = [_column(processor(conn, table, match.get(k, k)), [r[k] for r in rows]) for k in keys]
+    params: list[Any] = [v for row in zip(*columns, strict=True) for v in row]
     for col, value in equal.items():
         proc = processor(conn, table, col)
         params.append(proc(value) if proc else value)

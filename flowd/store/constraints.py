@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from flowd.clock import after
 from flowd.model import TaskKey, TaskStatus
 from flowd.store.schema import constraint_keys as K
+from flowd.store.schema import is_pending
 from flowd.store.schema import task_constraints as TC
 from flowd.store.schema import tasks as T
 
@@ -80,7 +81,8 @@ def release(conn: sa.Connection, task_id: int, now: datetime) -> None:
 
 def any_pending(conn: sa.Connection) -> bool:
     """Is any constrained task pending? (one probe of ix_flowd_tasks_constrained)"""
-    q = sa.select(T.c.id).where(T.c.constrained.is_(True), T.c.status == PENDING).limit(1)
+    # the partial index's own terms, inline: the SQLite planner matches them literally
+    q = sa.select(T.c.id).where(T.c.constrained == sa.literal_column("true"), is_pending(T.c.status)).limit(1)
     return conn.execute(q).first() is not None
 
 

@@ -12,7 +12,7 @@ from flowd.model import Page
 
 def page(
     conn: sa.Connection,
-    table: sa.Table,
+    table: sa.FromClause,
     where: Callable[[Any], Any],
     ordering: Sequence[Any],
     limit: int,

@@ -19,7 +19,7 @@ from flowd.rules.options import dump_json
 
 metadata = sa.MetaData()
 
-SCHEMA_REVISION = "0012"
+SCHEMA_REVISION = "0014"
 """The Alembic head this code expects; a test proves it matches the migrations."""
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -69,6 +69,34 @@ class JsonText(sa.TypeDecorator[Any]):
 
 def _s(n: int) -> sa.String:
     return sa.String(n)
+
+
+# Partial indexes (SQLite, PostgreSQL): a task row is rewritten at its claim and at its end,
+# and PostgreSQL cannot update it in place (`status` is indexed), so every rewrite adds an
+# entry to every index whose predicate the new row meets. A pending row is in the claim
+# index only, a running one in the worker index only, and the optional columns (parent,
+# tag, key, flow, constraint flag) are indexed only where set: a no-op task's two rewrites
+# add 9 index entries instead of 22. MySQL/MariaDB have no partial indexes and index every
+# row. The queries that must use these indexes name the predicate literally (below): the
+# SQLite planner uses a partial index only for a query that repeats its WHERE term.
+PENDING_SQL = "'pending'"
+RUNNING_SQL = "'running'"
+CONSTRAINED_SQL = "constrained = true"
+
+
+def partial(where: str) -> dict[str, Any]:
+    """The `sa.Index` keyword arguments of a partial index on SQLite and PostgreSQL."""
+    return {"sqlite_where": sa.text(where), "postgresql_where": sa.text(where)}
+
+
+def is_pending(column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+    """`status = 'pending'` with the value inline, so the planner can match the claim index."""
+    return column == sa.literal_column(PENDING_SQL, sa.String)
+
+
+def is_running(column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+    """`status = 'running'` with the value inline, so the planner can match the worker index."""
+    return column == sa.literal_column(RUNNING_SQL, sa.String)
 
 
 tasks = sa.Table(
@@ -123,22 +151,33 @@ tasks = sa.Table(
     sa.Column("retry_backoff", _s(16), nullable=False, server_default="fixed"),
     sa.Column("retry_max_interval", sa.Float, nullable=False, server_default="3600"),
     sa.Column("retry_jitter", sa.Boolean, nullable=False, server_default=sa.false()),
-    sa.Index("ix_flowd_tasks_parent", "parent_id", "parent_stage"),
+    # the plugin version (content hash) of the running attempt: the attempt row, written
+    # once when the attempt ends, takes it (with worker_id, attempt, stage and started_at)
+    sa.Column("handler_version", _s(64), nullable=True),
+    sa.Index("ix_flowd_tasks_parent", "parent_id", "parent_stage", **partial("parent_id IS NOT NULL")),
     sa.Index("ix_flowd_tasks_root", "root_id"),
-    sa.Index("ix_flowd_tasks_worker", "worker_id", "status"),
+    # the running tasks of a worker (recovery, the registry's counts)
+    sa.Index("ix_flowd_tasks_worker", "worker_id", "status", **partial(f"status = {RUNNING_SQL}")),
     sa.Index("ix_flowd_tasks_name_status", "name", "status"),
-    sa.Index("ix_flowd_tasks_tag", "tag"),
-    sa.Index("ix_flowd_tasks_key", "key"),
+    sa.Index("ix_flowd_tasks_tag", "tag", **partial("tag IS NOT NULL")),
+    sa.Index("ix_flowd_tasks_key", "key", **partial("key IS NOT NULL")),
     sa.Index("ix_flowd_tasks_status_updated", "status", "updated_at"),
-    sa.Index("ix_flowd_tasks_flow", "flow_id", "flow_step"),
+    sa.Index("ix_flowd_tasks_flow", "flow_id", "flow_step", **partial("flow_id IS NOT NULL")),
     # "is any constrained task pending?": the claim takes its plain path when none is
-    sa.Index("ix_flowd_tasks_constrained", "constrained", "status"),
+    sa.Index("ix_flowd_tasks_constrained", "constrained", "status", **partial(CONSTRAINED_SQL)),
     sqlite_autoincrement=True,
 )
 
 # the claim's ORDER BY after the status prefix: a claim reads the first due pending rows
 # in index order and stops at its LIMIT (no sort of the backlog, no history)
-sa.Index("ix_flowd_tasks_claim", tasks.c.status, tasks.c.priority.desc(), tasks.c.next_run_time, tasks.c.id)
+sa.Index(
+    "ix_flowd_tasks_claim",
+    tasks.c.status,
+    tasks.c.priority.desc(),
+    tasks.c.next_run_time,
+    tasks.c.id,
+    **partial(f"status = {PENDING_SQL}"),
+)
 
 events = sa.Table(
     "flowd_task_events",

@@ -30,7 +30,7 @@ from flowd.rules.transitions import EventSpec, Transition
 from flowd.store import bulk, constraints, entities, paging, wakeup
 from flowd.store.attempts import close_attempt, close_attempts, close_row
 from flowd.store.events import event_rows, insert_event_rows, insert_events
-from flowd.store.schema import JsonText, Millis
+from flowd.store.schema import JsonText, Millis, is_pending, is_running
 from flowd.store.schema import events as E
 from flowd.store.schema import tasks as T
 from flowd.store.schema import workers as W
@@ -417,7 +417,7 @@ def apply_transition(
     who = task.worker_id if actor is None else (actor or None)
     insert_events(conn, task, tr.events, now, worker_id=who, attempt=task.attempt, stage=stage)
     if tr.close_attempt is not None:
-        close_attempt(conn, task.id, task.attempt, tr.close_attempt, tr.attempt_error, now)
+        close_attempt(conn, task, tr.close_attempt, tr.attempt_error, now)
     if task.constrained and task.status is TaskStatus.RUNNING:
         constraints.release(conn, task.id, now)  # the run ended: its keys' slots and cooldown
     if task.entity_type is not None:
@@ -457,7 +457,7 @@ def apply_fenced_batch(
         stage = values.get("stage", task.stage)
         events += event_rows(task, tr.events, worker_id=task.worker_id, attempt=task.attempt, stage=stage)
         if tr.close_attempt is not None:
-            closes.append(close_row(task.id, task.attempt, tr.close_attempt, tr.attempt_error, now))
+            closes.append(close_row(task, tr.close_attempt, tr.attempt_error, now))
     for rows in groups.values():
         if bulk.update(conn, T, rows, match=_FENCE_KEYS, equal={"status": TaskStatus.RUNNING.value}) != len(rows):
             return False
@@ -493,8 +493,12 @@ def claim_due(
     slots: int,
     now: datetime,
     aging: float | None = None,
+    versions: Mapping[str, str | None] | None = None,
 ) -> list[TaskRecord]:
     """Claim up to `slots` due pending tasks among `limits` (name → free per-type slots).
+
+    The claimed rows take this worker's handler `versions` (name → plugin version): the
+    running attempt lives on the task row until its attempt row is written at its end.
 
     With `aging` (seconds), a task's priority counts one step higher for every `aging`
     seconds it has been due, so old low-priority work is not starved by a stream of new
@@ -508,7 +512,8 @@ def claim_due(
     if slots <= 0 or not names:
         return []
     aging_ms = int(aging * 1000) if aging else None
-    q, claim = _claim_statements(aging_ms, conn.dialect.name != "sqlite")
+    known = tuple(sorted((n, v) for n, v in (versions or {}).items() if v is not None))
+    q, claim = _claim_statements(aging_ms, conn.dialect.name != "sqlite", known)
     params: dict[str, Any] = {"c_now": now, "c_worker": worker_id, "c_names": names, "c_n": slots}
     if aging_ms:
         params["c_now_ms"] = to_ms(now)
@@ -524,7 +529,7 @@ def claim_due(
     if uncapped and not constrained and conn.dialect.update_returning:
         # one round trip: no per-name cap can refuse a candidate, so lock, flip and read
         # the rows in a single UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING
-        res = conn.execute(_claim_returning(aging_ms, conn.dialect.name != "sqlite"), params)
+        res = conn.execute(_claim_returning(aging_ms, conn.dialect.name != "sqlite", known), params)
         claimed = [_claimed_record(r) for r in res.all()]
     else:
         if constrained:
@@ -544,8 +549,10 @@ def claim_due(
     return claimed
 
 
-@functools.cache
-def _claim_statements(aging_ms: int | None, skip_locked: bool) -> tuple[sa.Select[Any], sa.Update]:
+@functools.lru_cache(maxsize=64)
+def _claim_statements(
+    aging_ms: int | None, skip_locked: bool, versions: tuple[tuple[str, str], ...] = ()
+) -> tuple[sa.Select[Any], sa.Update]:
     """The claim's candidate query and its UPDATE, built once: what changes from claim to
     claim is bound at execution (`c_now`, `c_worker`, `c_names`, `c_n`, `c_now_ms`), so a
     claim does not rebuild the expressions nor SQLAlchemy their cache key."""
@@ -554,7 +561,7 @@ def _claim_statements(aging_ms: int | None, skip_locked: bool) -> tuple[sa.Selec
     q = (
         sa.select(T.c.id, T.c.name)
         .where(
-            T.c.status == TaskStatus.PENDING.value,
+            is_pending(T.c.status),
             T.c.next_run_time <= now,
             T.c.name.in_(sa.bindparam("c_names", expanding=True)),
         )
@@ -567,7 +574,11 @@ def _claim_statements(aging_ms: int | None, skip_locked: bool) -> tuple[sa.Selec
         q = q.order_by(None).order_by((T.c.priority + waited).desc(), T.c.next_run_time, T.c.id)
     if skip_locked:
         q = q.with_for_update(skip_locked=True)
+    # the handler version of each name, as a CASE built once per set of versions (they
+    # change only when the plugins are reloaded)
+    version: Any = sa.case(dict(versions), value=T.c.name, else_=sa.null()) if versions else sa.null()
     claim = sa.update(T).values(
+        handler_version=version,
         status=TaskStatus.RUNNING.value,
         worker_id=sa.bindparam("c_worker", type_=T.c.worker_id.type),
         attempt=T.c.attempt + 1,
@@ -581,9 +592,9 @@ def _claim_statements(aging_ms: int | None, skip_locked: bool) -> tuple[sa.Selec
     return q, claim
 
 
-@functools.cache
-def _claim_returning(aging_ms: int | None, skip_locked: bool) -> sa.Update:
-    q, claim = _claim_statements(aging_ms, skip_locked)
+@functools.lru_cache(maxsize=64)
+def _claim_returning(aging_ms: int | None, skip_locked: bool, versions: tuple[tuple[str, str], ...] = ()) -> sa.Update:
+    q, claim = _claim_statements(aging_ms, skip_locked, versions)
     chosen = q.with_only_columns(T.c.id).limit(sa.bindparam("c_n", type_=sa.Integer())).scalar_subquery()
     # no status test outside the subquery: the subquery's rows are ours (SQLite holds the
     # write lock, the servers the row locks), and an extra `status =` would make SQLite
@@ -644,10 +655,7 @@ def heartbeat(conn: sa.Connection, worker_id: str, attempts: Sequence[tuple[int,
 def stalled(conn: sa.Connection, heartbeat_before: datetime, limit: int = 100) -> list[TaskRecord]:
     """Running tasks whose heartbeat is older than `heartbeat_before`."""
     rows = conn.execute(
-        sa.select(T)
-        .where(T.c.status == TaskStatus.RUNNING.value, T.c.heartbeat_at < heartbeat_before)
-        .order_by(T.c.id)
-        .limit(limit)
+        sa.select(T).where(is_running(T.c.status), T.c.heartbeat_at < heartbeat_before).order_by(T.c.id).limit(limit)
     ).all()
     return [to_record(r) for r in rows]
 
@@ -655,9 +663,7 @@ def stalled(conn: sa.Connection, heartbeat_before: datetime, limit: int = 100) -
 def running_of_workers(conn: sa.Connection, worker_ids: Sequence[str]) -> list[TaskRecord]:
     if not worker_ids:
         return []
-    rows = conn.execute(
-        sa.select(T).where(T.c.status == TaskStatus.RUNNING.value, T.c.worker_id.in_(list(worker_ids)))
-    ).all()
+    rows = conn.execute(sa.select(T).where(is_running(T.c.status), T.c.worker_id.in_(list(worker_ids)))).all()
     return [to_record(r) for r in rows]
 
 
@@ -673,7 +679,7 @@ def running_of_lost_workers(conn: sa.Connection, but: str) -> list[tuple[TaskRec
         sa.select(T, W.c.status.label("owner_status"))
         .join(W, W.c.worker_id == T.c.worker_id)
         .where(
-            T.c.status == TaskStatus.RUNNING.value,
+            is_running(T.c.status),
             W.c.status != WorkerStatus.ACTIVE.value,
             T.c.worker_id != but,
         )
@@ -684,7 +690,7 @@ def running_of_lost_workers(conn: sa.Connection, but: str) -> list[tuple[TaskRec
 
 def running_counts(conn: sa.Connection) -> dict[str, int]:
     rows = conn.execute(
-        sa.select(T.c.worker_id, sa.func.count()).where(T.c.status == TaskStatus.RUNNING.value).group_by(T.c.worker_id)
+        sa.select(T.c.worker_id, sa.func.count()).where(is_running(T.c.status)).group_by(T.c.worker_id)
     ).all()
     return {str(w): int(n) for w, n in rows if w is not None}
 
@@ -700,9 +706,7 @@ def queue_depth(conn: sa.Connection, statuses: Iterable[str] | None = None) -> l
 
 def running(conn: sa.Connection, limit: int) -> list[TaskRecord]:
     """Running tasks, longest-running first."""
-    rows = conn.execute(
-        sa.select(T).where(T.c.status == TaskStatus.RUNNING.value).order_by(T.c.started_at, T.c.id).limit(limit)
-    ).all()
+    rows = conn.execute(sa.select(T).where(is_running(T.c.status)).order_by(T.c.started_at, T.c.id).limit(limit)).all()
     return [to_record(r) for r in rows]
 
 
@@ -716,7 +720,7 @@ def names_of(conn: sa.Connection, ids: Iterable[int]) -> dict[int, str]:
 
 def due_count(conn: sa.Connection, now: datetime) -> int:
     """Pending tasks that are due now (the claim index answers it)."""
-    q = sa.select(sa.func.count()).where(T.c.status == TaskStatus.PENDING.value, T.c.next_run_time <= now)
+    q = sa.select(sa.func.count()).where(is_pending(T.c.status), T.c.next_run_time <= now)
     return int(conn.execute(q).scalar_one())
 
 

@@ -72,7 +72,8 @@ def gantt(
     """Every attempt of the workflow as a bar on one axis from the root's creation to the last end
     (an open attempt runs to `now`): left and width in percent of the span."""
     names = {n.id: n.name for n in nodes}
-    flat = sorted((a for ats in attempts.values() for a in ats), key=lambda a: (a.started_at, a.id))
+    # by start, then (task, number): an attempt in progress has no row id yet
+    flat = sorted((a for ats in attempts.values() for a in ats), key=lambda a: (a.started_at, a.task_id, a.attempt))
     shown = flat[:GANTT_LIMIT]
     origin = root.created_at
     ends = [a.ended_at or now for a in shown]

@@ -43,10 +43,10 @@ def build_workflow(m: TaskManager, children: int, per_stage: int = 1000) -> Task
             start = after(t0, 1 + (n % 500) * 0.01)
             tries = 2 if n % 10 == 0 else 1
             for a in range(1, tries + 1):
-                attempt_store.open_attempts(conn, [replace(rec, attempt=a, worker_id=f"w{n % 4}")], start)
+                ran = replace(rec, attempt=a, worker_id=f"w{n % 4}", started_at=start)
                 end = after(start, 0.05 + (n % 7) * 0.01)
                 outcome = AttemptOutcome.FAILED if a < tries else AttemptOutcome.COMPLETED
-                attempt_store.close_attempt(conn, rec.id, a, outcome, "boom" if a < tries else None, end)
+                attempt_store.close_attempt(conn, ran, outcome, "boom" if a < tries else None, end)
                 start = end
         rows = [
             {
@@ -64,7 +64,6 @@ def build_workflow(m: TaskManager, children: int, per_stage: int = 1000) -> Task
             }
             for rec in records
             for kind, to in (
-                ("task_claimed", "running"),
                 ("task_started", "running"),
                 ("task_checkpoint", "running"),
                 ("task_completed", "completed"),

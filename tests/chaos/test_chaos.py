@@ -442,7 +442,7 @@ def _check_event_order(tid: int, events: list[Any]) -> list[str]:
     problems: list[str] = []
     open_attempt: tuple[int, str] | None = None  # (attempt, worker) of the attempt in progress
     for e in events:
-        if e.event_type == "task_claimed":
+        if e.event_type == "task_started":
             if open_attempt is not None:
                 problems.append(f"task {tid}: attempt {e.attempt} claimed while attempt {open_attempt[0]} was open")
             open_attempt = (int(e.attempt), str(e.worker_id))

@@ -29,7 +29,7 @@ def test_submit__runs_once_and_writes_result_event_and_attempt(mgr: TaskManager)
     assert t.status is TaskStatus.COMPLETED
     assert t.result == {"got": {"x": 1}, "attempt": 1}
     assert outcomes(mgr, tid) == ["completed"]
-    assert event_types(mgr, tid) == ["task_created", "task_claimed", "task_started", "task_completed"]
+    assert event_types(mgr, tid) == ["task_created", "task_started", "task_completed"]
     assert t.last_event_type == "task_completed"
 
 

@@ -86,7 +86,10 @@ def test_every_action_from_every_status__allowed_or_refused(action: str, status:
 
 
 def test_claimed_events__add_retry_started_only_on_retries() -> None:
-    assert [e.type for e in r.claimed_events(task())] == [EventType.TASK_CLAIMED, EventType.TASK_STARTED]
+    (started,) = r.claimed_events(task(worker_id="w1"))
+    # one event for the claim and the start (one transaction): pending → running, by whom
+    assert (started.type, started.from_status, started.to_status) == (EventType.TASK_STARTED, S.PENDING, S.RUNNING)
+    assert started.message == "started by w1"
     retried = r.claimed_events(task(retry_count=2))
     assert [e.type for e in retried][-1] is EventType.TASK_RETRY_STARTED
 

@@ -48,7 +48,7 @@ def test_finish_many__writes_every_end_of_a_large_batch(db_url: str) -> None:
     assert db.transaction(lambda conn: ops.finish_many(conn, items, now)) == [True] * N
     with db.read() as conn:
         tasks = {t.id: t for t in task_store.get_many(conn, [t.id for t in claimed])}
-        closed = conn.execute(sa.select(A.c.task_id, A.c.outcome, A.c.ended_at)).all()
+        closed = conn.execute(sa.select(A.c.task_id, A.c.outcome, A.c.ended_at, A.c.worker_id, A.c.started_at)).all()
         ends = conn.execute(sa.select(E.c.task_id, E.c.event_type).where(E.c.created_at == now)).all()
     for t in claimed:
         got = tasks[t.id]
@@ -56,8 +56,9 @@ def test_finish_many__writes_every_end_of_a_large_batch(db_url: str) -> None:
             assert (got.status, got.result) == (TaskStatus.COMPLETED, {"i": t.payload["i"]})
         else:  # three attempts by default: a failure is retried
             assert (got.status, got.error) == (TaskStatus.PENDING, "no")
-    assert sorted((r.task_id, r.outcome, r.ended_at) for r in closed) == sorted(
-        (t.id, "completed" if t.id % 2 else "failed", now) for t in claimed
+    # each attempt row written once, at the end, with its worker and start from the task row
+    assert sorted((r.task_id, r.outcome, r.ended_at, r.worker_id, r.started_at) for r in closed) == sorted(
+        (t.id, "completed" if t.id % 2 else "failed", now, "w1", T0 + timedelta(seconds=1)) for t in claimed
     )
     assert len({r.task_id for r in ends}) == N
 
@@ -72,5 +73,6 @@ def test_finish_many__one_fenced_off_attempt_rolls_the_whole_batch_back(db_url: 
         db.transaction(lambda conn: ops.finish_many(conn, items, T0 + timedelta(seconds=2)))
     with db.read() as conn:
         statuses = {t.status for t in task_store.get_many(conn, [t.id for t in claimed])}
-        open_attempts = conn.execute(sa.select(sa.func.count()).where(A.c.ended_at.is_(None))).scalar_one()
-    assert statuses == {TaskStatus.RUNNING} and open_attempts == N
+        attempt_rows = conn.execute(sa.select(sa.func.count()).select_from(A)).scalar_one()
+    # every attempt still in progress on its task row; no attempt row was written
+    assert statuses == {TaskStatus.RUNNING} and attempt_rows == 0

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from flowd.errors import BadInput
 from flowd.manager import TaskManager
@@ -18,6 +19,7 @@ from flowd.store import tasks as task_store
 from flowd.store.attempts import AttemptFilter
 from flowd.store.db import Database
 from flowd.store.events import EventFilter
+from flowd.store.schema import tasks as T
 from flowd.store.tasks import TaskFilter
 
 T0 = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
@@ -80,11 +82,16 @@ def seed(db: Database) -> dict[str, Any]:
         ta = task_store.get(conn, a)
         tb = task_store.get(conn, b)
         assert ta is not None and tb is not None
-        attempt_store.open_attempts(conn, [replace(ta, attempt=1, worker_id="w1")], at(10))
-        attempt_store.close_attempt(conn, a, 1, AttemptOutcome.FAILED, "boom", at(12))
-        attempt_store.open_attempts(conn, [replace(ta, attempt=2, worker_id="w2")], at(13))
-        attempt_store.close_attempt(conn, a, 2, AttemptOutcome.COMPLETED, None, at(15))
-        attempt_store.open_attempts(conn, [replace(tb, attempt=1, worker_id="w1", stage=0)], at(14))  # still open
+        # ended attempts are rows; the attempt in progress lives on its running task's row
+        first = replace(ta, attempt=1, worker_id="w1", started_at=at(10))
+        attempt_store.close_attempt(conn, first, AttemptOutcome.FAILED, "boom", at(12))
+        second = replace(ta, attempt=2, worker_id="w2", started_at=at(13))
+        attempt_store.close_attempt(conn, second, AttemptOutcome.COMPLETED, None, at(15))
+        conn.execute(  # b: attempt 1 still running on w1
+            sa.update(T)
+            .where(T.c.id == tb.id)
+            .values(status="running", attempt=1, worker_id="w1", stage=0, started_at=at(14), handler_version="v1")
+        )
     return {"root": root, "a": a, "b": b, "cron": cron}
 
 
@@ -149,6 +156,22 @@ def test_attempt_filters__each_narrows_by_its_column(db: Database) -> None:
     assert attempts(db, ended_until=at(12)) == [(a, 1)]
     assert attempts(db, open_only=True) == [(b, 1)]
     with db.read() as conn:
+        (running,) = attempt_store.query(conn, AttemptFilter(task_id=b), 10, 0).items
+        ended = attempt_store.query(conn, AttemptFilter(task_id=a), 10, 0).items
+    # the attempt in progress, read from its task row: no row id, not ended, its version
+    assert (running.id, running.worker_id, running.started_at, running.ended_at, running.outcome) == (
+        None,
+        "w1",
+        at(14),
+        None,
+        None,
+    )
+    assert running.handler_version == "v1" and all(x.id is not None for x in ended)
+    assert [(x.started_at, x.ended_at, x.outcome, x.error) for x in ended] == [
+        (at(10), at(12), AttemptOutcome.FAILED, "boom"),
+        (at(13), at(15), AttemptOutcome.COMPLETED, None),
+    ]
+    with db.read() as conn:
         page = attempt_store.query(conn, AttemptFilter(), 2, 1, "asc")
     assert [(int(x.task_id), x.attempt) for x in page.items] == [(a, 2), (b, 1)] and not page.has_more
 
@@ -163,8 +186,8 @@ def test_task_filters__each_narrows_by_its_column(db: Database) -> None:
     root, a, b, cron = ids["root"], ids["a"], ids["b"], ids["cron"]
     assert tasks(db) == [root, a, b, cron]
     assert tasks(db, name="step") == [a, b]
-    assert tasks(db, status=["pending"]) == [root, a, b, cron]
-    assert tasks(db, status=["completed", "running"]) == []
+    assert tasks(db, status=["pending"]) == [root, a, cron]
+    assert tasks(db, status=["completed", "running"]) == [b]
     assert tasks(db, type="cron") == [cron]
     assert tasks(db, tag="t2") == [b]
     assert tasks(db, labels={"env": "prod"}) == [root]
@@ -173,7 +196,7 @@ def test_task_filters__each_narrows_by_its_column(db: Database) -> None:
     assert tasks(db, parent_id=root) == [a, b]
     assert tasks(db, root_id=root) == [root, a, b]
     assert tasks(db, ids=[b, cron]) == [b, cron]
-    assert tasks(db, worker_id="w1") == []
+    assert tasks(db, worker_id="w1") == [b]
     with db.read() as conn:
         newest = task_store.query(conn, TaskFilter(), 3, 0)
         rest = task_store.query(conn, TaskFilter(), 3, 3)
