@@ -83,15 +83,18 @@ def test_task_manager__errors_name_python_parameters(tmp_path: Path) -> None:
 
 
 def test_context_manager__stops_its_threads_and_pool(tmp_path: Path) -> None:
+    # only this manager's thread: a manager another test left open keeps its own
+    others = {t for t in threading.enumerate() if t.name == "flowd-wait"}
     with flowd.connect(f"sqlite:///{tmp_path / 'x.db'}", handlers_dir=str(tmp_path)) as tm:
         tid = tm.submit("later", {}, allow_unknown=True)
         with pytest.raises(TimeoutError):
             tm.wait(tid, timeout=0.05)
-        assert any(t.name == "flowd-wait" and t.is_alive() for t in threading.enumerate())
+        mine = [t for t in threading.enumerate() if t.name == "flowd-wait" and t not in others]
+        assert mine and all(t.is_alive() for t in mine)
         pool = tm.db.engine.pool
         assert pool.checkedin() >= 1  # type: ignore[attr-defined]
     deadline = time.monotonic() + 5
-    while any(t.name == "flowd-wait" and t.is_alive() for t in threading.enumerate()):
+    while any(t.is_alive() for t in mine):
         assert time.monotonic() < deadline, "the wait thread outlived the manager"
         time.sleep(0.01)
     assert pool.checkedin() == 0  # type: ignore[attr-defined]
